@@ -1,0 +1,145 @@
+"""The `happysad` command: one subcommand per pipeline stage, each driven by its config dataclass.
+
+Stage modules are imported only when their subcommand runs, so `happysad --help` answers
+without loading TensorFlow or Beam.
+"""
+
+import argparse
+import dataclasses
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from pipeline import errors, flags
+
+PROG = "happysad"
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """Where a subcommand's config dataclass and entry point live."""
+
+    module: str
+    config_class: str
+    summary: str
+    entry_point: str = "run"
+
+
+STAGES = {
+    "build": Stage(
+        "pipeline.build", "BuildConfig", "Build the happysad_tfds dataset (as `tfds build` does)."
+    ),
+    "preprocess": Stage(
+        "pipeline.preprocess",
+        "PreprocessConfig",
+        "Validate, clean and resize happy/ and sad/ images with Beam; write a report.",
+    ),
+    "train": Stage("pipeline.train", "TrainConfig", "Train a classifier on the TFDS dataset."),
+    "tune": Stage("pipeline.tune", "TuneConfig", "Search hyperparameters with KerasTuner."),
+    "evaluate": Stage(
+        "pipeline.evaluate",
+        "EvaluateConfig",
+        "Evaluate on the test split, plot, and bless (or not) against the pushed model.",
+    ),
+    "export": Stage(
+        "pipeline.export", "ExportConfig", "Export a TF-Serving-ready SavedModel version."
+    ),
+    "push": Stage(
+        "pipeline.push", "PushConfig", "Push a blessed SavedModel version to a serving base path."
+    ),
+    "serve": Stage(
+        "serving.server", "ServeConfig", "Serve SavedModels over TF Serving's REST API."
+    ),
+    "predict": Stage(
+        "serving.client", "PredictConfig", "Send images to a TF Serving REST endpoint."
+    ),
+    "run": Stage(
+        "pipeline.orchestrate",
+        "RunConfig",
+        "Run every stage in order into one work directory, skipping cached stages.",
+    ),
+}
+
+# Exceptions that mean the user asked for something impossible: one line, exit 2.
+USER_ERRORS = (errors.UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def _top_level_parser() -> argparse.ArgumentParser:
+    lines = [f"  {name:<11} {stage.summary}" for name, stage in STAGES.items()]
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="happysad: a happy/sad face classifier, from images to TF Serving.",
+        epilog="stages:\n"
+        + "\n".join(lines)
+        + f"\n\nRun '{PROG} STAGE --help' for a stage's flags.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("stage", choices=list(STAGES), metavar="STAGE", help="the stage to run")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    return parser
+
+
+def _version() -> str:
+    import pipeline
+
+    return pipeline.__version__
+
+
+def _stage_parser(name: str, config_class: type) -> argparse.ArgumentParser:
+    stage = STAGES[name]
+    takes_extra = flags.passthrough_field(config_class) is not None
+    epilog = (
+        "Unrecognised --flags are passed to Beam as pipeline options "
+        "(e.g. --runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp)."
+        if takes_extra
+        else None
+    )
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} {name}",
+        description=stage.summary,
+        epilog=epilog,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    flags.add_config_arguments(parser, config_class)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `happysad` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_level_parser()
+    if not argv or argv[0] in ("-h", "--help", "--version"):
+        top.parse_args(argv or ["--help"])
+    if argv[0] not in STAGES:
+        top.error(f"unknown stage {argv[0]!r} (choose from {', '.join(STAGES)})")
+    name, stage_argv = argv[0], argv[1:]
+    stage = STAGES[name]
+
+    module = importlib.import_module(stage.module)
+    config_class = getattr(module, stage.config_class)
+    parser = _stage_parser(name, config_class)
+    if flags.passthrough_field(config_class):
+        namespace, extra = parser.parse_known_args(stage_argv)
+    else:
+        namespace, extra = parser.parse_args(stage_argv), []
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = flags.config_from_args(config_class, namespace, extra)
+        result = getattr(module, stage.entry_point)(config)
+    except USER_ERRORS as error:
+        if namespace.debug:
+            raise
+        message = str(error) or type(error).__name__
+        print(f"{PROG} {name}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG} {name}: interrupted", file=sys.stderr)
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

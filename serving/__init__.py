@@ -1,0 +1,1 @@
+"""TensorFlow Serving REST-compatible server (`happysad serve`) and client (`happysad predict`)."""

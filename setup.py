@@ -1,0 +1,61 @@
+"""Installs happysad: the TFDS builder, the Beam/Keras pipeline and the REST server."""
+
+import setuptools
+
+INSTALL_REQUIRES = [
+    "tensorflow>=2.21,<2.22",
+    "tensorflow-datasets>=4.9.10,<4.10",
+    # What the `tfds` command needs to start, offline included.
+    "mlcroissant>=1.0",
+    "importlib_resources>=6",
+    "apache-beam>=2.77,<3",
+    "keras>=3.13,<4",
+    "keras-tuner>=1.4.7,<2",
+    # 4.x wheels ship the Haar cascades under cv2.data; 5.x wheels do not.
+    "opencv-python-headless>=4.10,<5",
+    "pillow>=11",
+    "numpy>=2,<3",
+    "pandas>=2.2",
+    "matplotlib>=3.9",
+    "tqdm>=4.66",
+    "aiohttp>=3.10,<4",
+    "orjson>=3.10",
+]
+
+EXTRAS_REQUIRE = {
+    "test": [
+        "pytest>=8",
+        "pytest-timeout>=2.3",
+        "ruff>=0.6",
+    ],
+    "bench": [
+        "flask>=3",
+    ],
+    "gcp": ["apache-beam[gcp]>=2.77,<3"],
+    "aws": ["apache-beam[aws]>=2.77,<3"],
+}
+
+setuptools.setup(
+    name="happysad",
+    version="0.1.0",
+    description="Happy/sad face classifier pipeline: TFDS dataset, Beam preprocessing, "
+    "Keras training, TF-Serving-compatible SavedModel and REST server.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["happysad_tfds*", "pipeline*", "serving*"]),
+    include_package_data=True,
+    package_data={
+        "happysad_tfds": [
+            "README.md",
+            "CITATIONS.bib",
+            "TAGS.txt",
+            "checksums.tsv",
+            "dummy_data/**/*",
+        ],
+    },
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["happysad=pipeline.cli:main"]},
+)

@@ -1,0 +1,44 @@
+"""The `happysad` entry point: stage listing, errors as one line with a non-zero exit."""
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import cli
+
+
+def test_help_lists_every_stage(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for stage in (
+        "build",
+        "preprocess",
+        "train",
+        "evaluate",
+        "export",
+        "push",
+        "serve",
+        "predict",
+        "run",
+        "tune",
+    ):
+        assert f"  {stage} " in out
+
+
+def test_unknown_stage_exits_2(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["fly"])
+    assert exit_info.value.code == 2
+    assert "unknown stage 'fly'" in capsys.readouterr().err
+
+
+def test_console_script_help_is_fast_and_needs_no_tensorflow():
+    code = (
+        "import sys; from pipeline import cli\n"
+        "try:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "assert 'tensorflow' not in sys.modules and 'apache_beam' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
