@@ -1,0 +1,174 @@
+"""TFX-style execution records: what went into a stage, with which parameters, and what came out.
+
+Each stage of `happysad run` writes `W/<stage>/record.json`. A rerun compares the inputs' content
+hashes and the parameters with the record and skips the stage when nothing changed (as TFX's
+cache does); `--force` reruns it anyway. The records are also the lineage that the exported
+model card points back to.
+"""
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+
+import pipeline
+
+RECORD_FILE = "record.json"
+_CHUNK = 1 << 20
+
+logger = logging.getLogger(__name__)
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with FileSystems.open(path) as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint(path: str) -> dict[str, Any]:
+    """Content hash of a file or of a whole directory tree (relative names and bytes).
+
+    Directories are hashed file by file in sorted order, so the digest changes when any file
+    is added, removed, renamed or edited, and only then. Files named `record.json` are left
+    out: a stage's own record must not change its output's fingerprint.
+    """
+    if not FileSystems.exists(path):
+        raise FileNotFoundError(f"stage input {path} does not exist")
+    if not _is_directory(path):
+        return {"path": path, "sha256": _file_sha256(path), "files": 1}
+    prefix = path.rstrip("/") + "/"
+    files = sorted(
+        metadata.path
+        for match in FileSystems.match([prefix + "**"])
+        for metadata in match.metadata_list
+        if os.path.basename(metadata.path) != RECORD_FILE
+    )
+    digest = hashlib.sha256()
+    for file_path in files:
+        relative = file_path[len(prefix) :]
+        digest.update(relative.encode("utf-8") + b"\0" + _file_sha256(file_path).encode() + b"\n")
+    return {"path": path, "sha256": digest.hexdigest(), "files": len(files)}
+
+
+def _is_directory(path: str) -> bool:
+    if "://" not in path:
+        return os.path.isdir(path)
+    return not FileSystems.match([path])[0].metadata_list or path.endswith("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageRecord:
+    """The JSON record of one stage execution."""
+
+    stage: str
+    parameters: dict[str, Any]
+    inputs: dict[str, dict[str, Any]]
+    outputs: dict[str, Any]
+    code_version: str
+    started: str
+    seconds: float
+
+    def cache_key(self) -> dict[str, Any]:
+        """What must be equal for a previous execution to stand in for a new one."""
+        return {
+            "parameters": self.parameters,
+            "inputs": {name: value.get("sha256") for name, value in self.inputs.items()},
+            "code_version": self.code_version,
+        }
+
+
+def read_record(stage_dir: str) -> StageRecord | None:
+    """The stage's record, or None if it never completed (or the record is unreadable)."""
+    path = os.path.join(stage_dir, RECORD_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return StageRecord(**json.load(handle))
+    except (OSError, ValueError, TypeError):
+        logger.warning("ignoring unreadable stage record %s", path)
+        return None
+
+
+def write_record(stage_dir: str, record: StageRecord) -> None:
+    """Writes the record aside and renames it, so a crash never leaves a half record."""
+    os.makedirs(stage_dir, exist_ok=True)
+    path = os.path.join(stage_dir, RECORD_FILE)
+    temporary = path + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(dataclasses.asdict(record), handle, indent=2, sort_keys=True, default=str)
+    os.replace(temporary, path)
+
+
+def _jsonable(value: Any) -> Any:
+    """Parameters as they will read back from JSON (tuples become lists, and so on)."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+class StageRunner:
+    """Runs stages into `workdir/<stage>/`, skipping those whose record still matches."""
+
+    def __init__(
+        self, workdir: str, force: bool = False, report: Callable[[str], None] = logger.info
+    ):
+        self.workdir = workdir
+        self.force = force
+        self.report = report
+
+    def stage_dir(self, stage: str) -> str:
+        return os.path.join(self.workdir, stage)
+
+    def run(
+        self,
+        stage: str,
+        parameters: Mapping[str, Any],
+        inputs: Mapping[str, str],
+        execute: Callable[[str], Mapping[str, Any]],
+        clear_output: bool = True,
+    ) -> dict[str, Any]:
+        """Runs `execute(stage_dir)` unless a matching record exists; returns the outputs.
+
+        Args:
+          stage: the stage name, also its folder under the work directory.
+          parameters: everything besides the inputs that changes the result.
+          inputs: name -> path of each file or folder the stage reads; hashed by content.
+          execute: does the work into the stage folder and returns its outputs (JSON-able).
+          clear_output: empty the stage folder before a (re)run, so no stale file survives.
+        """
+        stage_dir = self.stage_dir(stage)
+        started = time.time()
+        candidate = StageRecord(
+            stage=stage,
+            parameters=_jsonable(dict(parameters)),
+            inputs={name: fingerprint(path) for name, path in inputs.items()},
+            outputs={},
+            code_version=pipeline.__version__,
+            started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            seconds=0.0,
+        )
+        previous = read_record(stage_dir)
+        if previous and not self.force and previous.cache_key() == candidate.cache_key():
+            self.report(f"[{stage}] up to date: inputs and parameters match {RECORD_FILE}; skipped")
+            return previous.outputs
+        reason = "forced" if (previous and self.force) else ("changed" if previous else "new")
+        self.report(f"[{stage}] running ({reason})")
+        if clear_output and os.path.isdir(stage_dir):
+            shutil.rmtree(stage_dir)
+        os.makedirs(stage_dir, exist_ok=True)
+        outputs = _jsonable(dict(execute(stage_dir)))
+        record = dataclasses.replace(
+            candidate, outputs=outputs, seconds=round(time.time() - started, 1)
+        )
+        write_record(stage_dir, record)
+        self.report(f"[{stage}] done in {record.seconds:.0f} s")
+        return outputs

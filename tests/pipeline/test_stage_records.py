@@ -1,0 +1,80 @@
+"""TFX-style stage records: fingerprints, caching, forced reruns."""
+
+import json
+import os
+
+import pytest
+
+from pipeline import stage_records
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as handle:
+        handle.write(text)
+
+
+def test_fingerprint_tracks_content_names_and_membership(tmp_path):
+    root = str(tmp_path / "data")
+    _write(f"{root}/happy/a.jpg", "a")
+    _write(f"{root}/sad/b.jpg", "b")
+    first = stage_records.fingerprint(root)
+    assert first["files"] == 2
+    assert stage_records.fingerprint(root) == first
+    _write(f"{root}/record.json", "{}")  # a stage's own record is not content
+    assert stage_records.fingerprint(root)["sha256"] == first["sha256"]
+    _write(f"{root}/sad/b.jpg", "B")
+    edited = stage_records.fingerprint(root)["sha256"]
+    assert edited != first["sha256"]
+    os.rename(f"{root}/sad/b.jpg", f"{root}/sad/c.jpg")
+    assert stage_records.fingerprint(root)["sha256"] != edited
+    file_print = stage_records.fingerprint(f"{root}/happy/a.jpg")
+    assert file_print["files"] == 1 and len(file_print["sha256"]) == 64
+
+
+def test_fingerprint_of_missing_path_raises(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        stage_records.fingerprint(str(tmp_path / "nope"))
+
+
+def test_runner_caches_until_inputs_or_parameters_change(tmp_path):
+    source = tmp_path / "in.txt"
+    source.write_text("v1")
+    messages, calls = [], []
+    runner = stage_records.StageRunner(str(tmp_path / "W"), report=messages.append)
+
+    def execute(stage_dir):
+        calls.append(stage_dir)
+        _write(os.path.join(stage_dir, "out.txt"), source.read_text())
+        return {"out": os.path.join(stage_dir, "out.txt")}
+
+    outputs = runner.run("copy", {"n": (1, 2)}, {"source": str(source)}, execute)
+    assert len(calls) == 1 and open(outputs["out"]).read() == "v1"
+    assert runner.run("copy", {"n": (1, 2)}, {"source": str(source)}, execute) == outputs
+    assert len(calls) == 1 and "up to date" in messages[-1]
+
+    runner.run("copy", {"n": (1, 3)}, {"source": str(source)}, execute)
+    assert len(calls) == 2
+    source.write_text("v2")
+    runner.run("copy", {"n": (1, 3)}, {"source": str(source)}, execute)
+    assert len(calls) == 3 and open(outputs["out"]).read() == "v2"
+
+    forced = stage_records.StageRunner(str(tmp_path / "W"), force=True, report=messages.append)
+    forced.run("copy", {"n": (1, 3)}, {"source": str(source)}, execute)
+    assert len(calls) == 4 and "forced" in " ".join(messages)
+
+    record = json.load(open(tmp_path / "W" / "copy" / "record.json"))
+    assert record["inputs"]["source"]["sha256"] == stage_records.fingerprint(str(source))["sha256"]
+    assert record["parameters"] == {"n": [1, 3]}
+
+
+def test_failed_stage_leaves_no_record_and_reruns(tmp_path):
+    runner = stage_records.StageRunner(str(tmp_path / "W"), report=lambda _: None)
+
+    def fail(stage_dir):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        runner.run("broken", {}, {}, fail)
+    assert stage_records.read_record(runner.stage_dir("broken")) is None
+    assert runner.run("broken", {}, {}, lambda d: {"ok": True}) == {"ok": True}
