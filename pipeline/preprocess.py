@@ -1,0 +1,562 @@
+"""`happysad preprocess`: the Beam pipeline that validates, cleans, dedupes and splits images.
+
+    happy/ sad/ files ──ListLabelledFiles──► SourceImage ──CleanImages──► accepted CleanImage
+                                                                   └────► manifest row per input
+
+CleanImages reads every file twice, and that is on purpose: a first pass only hashes the bytes
+and groups the (small) hashes to find exact copies and label conflicts; the second pass
+validates and resizes each file with that verdict as a side input. Nothing large is ever
+grouped or held, so memory stays bounded by one image per worker thread however many
+multi-megapixel photos the folder holds. The TFDS `folder` and `synthetic` configs run the
+same two transforms.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import posixpath
+import re
+import uuid
+
+import apache_beam as beam
+import cv2
+from apache_beam.io import filesystem, filesystems
+from apache_beam.options import pipeline_options
+
+from pipeline import errors, imaging, schema, splits
+
+# The manifest: one row per input file, in this column order.
+MANIFEST_COLUMNS = (
+    "path",
+    "label",
+    "status",
+    "reason",
+    "split",
+    "sha256",
+    "width",
+    "height",
+    "format",
+    "mode",
+    "orientation",
+    "grayscale",
+    "brightness",
+    "face",
+    "bytes",
+    "duplicate_of",
+)
+MANIFEST_FILE = "manifest.csv"
+SUMMARY_FILE = "summary.json"
+IMAGES_DIR = "images"
+TFRECORDS_DIR = "tfrecords"
+_METRICS_NAMESPACE = "happysad"
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+FileSystems = filesystems.FileSystems
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing the input folder.
+
+
+class ListLabelledFiles(beam.PTransform):
+    """Lists every regular file under `root`/happy and `root`/sad as a SourceImage (data=None).
+
+    The listing happens when the pipeline is built, so a wrong folder fails at once with a
+    UserError rather than on a worker. Works on any Beam filesystem (gs://, s3://, hdfs://);
+    on local disks broken symbolic links are listed too, so that the manifest accounts for them.
+    """
+
+    def __init__(self, root: str):
+        super().__init__()
+        self._root = root
+
+    def expand(self, pbegin):
+        sources = list_labelled_files(self._root)
+        logging.info("Found %d files under %s", len(sources), self._root)
+        return pbegin | "CreateSources" >> beam.Create(sources)
+
+
+def list_labelled_files(root: str) -> list[schema.SourceImage]:
+    """The SourceImages under root/<label>/ for both labels, sorted by path.
+
+    Raises:
+      UserError: if root is missing, lacks a happy/ or sad/ folder, or one of them is empty.
+    """
+    root = root.rstrip("/") or "/"
+    local = _is_local(root)
+    if local and not os.path.isdir(root):
+        raise errors.UserError(f"input folder {root} does not exist or is not a folder")
+    sources = []
+    for label in sorted(schema.LABELS, reverse=True):
+        folder = FileSystems.join(root, label)
+        if local and not os.path.isdir(folder):
+            raise errors.UserError(f"input folder {root} has no {label}/ sub-folder")
+        paths = _list_local_files(folder) if local else _list_remote_files(folder)
+        if not paths:
+            raise errors.UserError(f"class folder {folder} is empty or missing: no {label} images")
+        sources.extend(schema.SourceImage(path, label) for path in paths)
+    return sources
+
+
+def _is_local(path: str) -> bool:
+    return FileSystems.get_scheme(path) in (None, "file")
+
+
+def _list_local_files(folder: str) -> list[str]:
+    """Every regular file (links followed) and every broken link under folder, recursively."""
+    paths = []
+    for directory, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path) or (os.path.islink(path) and not os.path.exists(path)):
+                paths.append(path)
+            else:
+                logging.warning("Skipping %s: not a regular file", path)
+    return sorted(paths)
+
+
+def _list_remote_files(folder: str) -> list[str]:
+    try:
+        (match,) = FileSystems.match([folder + "/**"])
+    except filesystems.BeamIOError as error:
+        raise errors.UserError(f"cannot list {folder}: {error}") from error
+    return sorted(meta.path for meta in match.metadata_list if not meta.path.endswith("/"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Cleaning.
+
+
+def read_bytes(source: schema.SourceImage, max_bytes: int) -> tuple[bytes | None, str]:
+    """(data, "") for a readable file, else (None, reason): unreadable or too_large.
+
+    Reads at most max_bytes + 1 bytes, so an enormous file costs no memory. The content is
+    read raw: FileSystems would otherwise gunzip a file named *.gz.
+    """
+    if source.data is not None:
+        return source.data, ""
+    try:
+        with FileSystems.open(
+            source.path, compression_type=filesystem.CompressionTypes.UNCOMPRESSED
+        ) as stream:
+            data = stream.read(max_bytes + 1)
+    except Exception as error:  # noqa: BLE001 - any failure to read is the file's verdict
+        logging.warning("Cannot read %s: %s", source.path, error)
+        return None, imaging.UNREADABLE
+    if len(data) > max_bytes:
+        return None, imaging.TOO_LARGE
+    return data, ""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class HashContent(beam.DoFn):
+    """SourceImage -> (sha256, (path, label)) for every readable, non-empty file."""
+
+    def __init__(self, max_bytes: int):
+        self._max_bytes = max_bytes
+
+    def process(self, source: schema.SourceImage):
+        data, _ = read_bytes(source, self._max_bytes)
+        if data:
+            yield sha256_hex(data), (source.path, source.label)
+
+
+def find_copies(sha256: str, members) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """The verdicts for one content hash: ((path, sha256), (status, duplicate_of)) per copy.
+
+    Unique images get no entry (so the side input holds copies only). Under two or more
+    labels every copy is a label conflict; under one label the shortest path (then the first
+    in order: "img.jpg" before "img(1).jpg") is the original and the others are duplicates.
+    """
+    members = sorted(set(members), key=lambda member: (len(member[0]), member))
+    if len(members) < 2:
+        return []
+    if len({label for _, label in members}) > 1:
+        return [((path, sha256), (imaging.LABEL_CONFLICT, "")) for path, _ in members]
+    original = members[0][0]
+    return [((path, sha256), (imaging.DUPLICATE, original)) for path, _ in members[1:]]
+
+
+def manifest_row(
+    source: schema.SourceImage,
+    info: imaging.ImageInfo,
+    sha256: str = "",
+    split: str = "",
+    size: int | None = None,
+    duplicate_of: str = "",
+) -> dict:
+    """One manifest row (a dict with MANIFEST_COLUMNS keys) for one input file."""
+    return {
+        "path": source.path,
+        "label": source.label,
+        "status": info.status,
+        "reason": info.reason,
+        "split": split,
+        "sha256": sha256,
+        "width": info.width or "",
+        "height": info.height or "",
+        "format": info.format,
+        "mode": info.mode,
+        "orientation": info.orientation if info.width else "",
+        "grayscale": "" if info.grayscale is None else info.grayscale,
+        "brightness": "" if info.brightness is None else info.brightness,
+        "face": "" if info.face is None else info.face,
+        "bytes": "" if size is None else size,
+        "duplicate_of": duplicate_of,
+    }
+
+
+class ValidateImage(beam.DoFn):
+    """Reads, validates, normalises and resizes one SourceImage; assigns its split.
+
+    Main output: schema.CleanImage for accepted images. Tagged outputs: manifest rows for
+    REJECTED inputs (with a reason from imaging.REASONS), for DUPLICATE copies and for the
+    accepted images themselves (ACCEPTED_ROWS), so that every input gets exactly one row.
+    The side input `copies` is find_copies' verdicts, keyed by (path, sha256).
+    """
+
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+    ACCEPTED_ROWS = "accepted_rows"
+
+    def __init__(self, options: imaging.CleaningOptions):
+        self._options = options
+
+    def process(self, source: schema.SourceImage, copies):
+        data, reason = read_bytes(source, self._options.max_file_bytes)
+        if data is None:
+            yield self._reject(source, imaging.ImageInfo(imaging.REJECTED, reason))
+            return
+        sha256 = sha256_hex(data)
+        image, info = imaging.clean_image_bytes(data, self._options)
+        if info.status == imaging.REJECTED:
+            yield self._reject(source, info, sha256, len(data))
+            return
+        split = splits.assign_split(sha256, self._options.split_fractions)
+        verdict, duplicate_of = copies.get((source.path, sha256), (None, ""))
+        if verdict == imaging.LABEL_CONFLICT:
+            info = info._replace(status=imaging.REJECTED, reason=imaging.LABEL_CONFLICT)
+            yield self._reject(source, info, sha256, len(data))
+            return
+        if verdict == imaging.DUPLICATE:
+            row = manifest_row(
+                source, info._replace(status=imaging.DUPLICATE), sha256, split, len(data)
+            )
+            row["duplicate_of"] = duplicate_of
+            _count(imaging.DUPLICATE)
+            yield beam.pvalue.TaggedOutput(self.DUPLICATE, row)
+            return
+        _count(imaging.ACCEPTED)
+        yield beam.pvalue.TaggedOutput(
+            self.ACCEPTED_ROWS, manifest_row(source, info, sha256, split, len(data))
+        )
+        yield schema.CleanImage(
+            path=source.path,
+            label=source.label,
+            sha256=sha256,
+            split=split,
+            image=image,
+            width=info.width,
+            height=info.height,
+            format=info.format,
+        )
+
+    def _reject(self, source, info, sha256="", size=None):
+        _count(f"{imaging.REJECTED}_{info.reason}")
+        return beam.pvalue.TaggedOutput(self.REJECTED, manifest_row(source, info, sha256, "", size))
+
+
+def _count(name: str) -> None:
+    beam.metrics.Metrics.counter(_METRICS_NAMESPACE, name).inc()
+
+
+class CleanImages(beam.PTransform):
+    """SourceImages -> {"accepted": CleanImage, "manifest": one row dict per input}.
+
+    Steps: HashContents -> GroupByContent -> FindCopies (exact copies and label conflicts,
+    small records only), then ValidateImages (imaging.clean_image_bytes with those verdicts as
+    a side input, content-hash split) -> MergeManifest.
+    """
+
+    def __init__(self, options: imaging.CleaningOptions = imaging.DEFAULT_OPTIONS):
+        super().__init__()
+        self._options = options
+
+    def expand(self, sources):
+        copies = (
+            sources
+            | "HashContents" >> beam.ParDo(HashContent(self._options.max_file_bytes))
+            | "GroupByContent" >> beam.GroupByKey()
+            | "FindCopies" >> beam.FlatMapTuple(find_copies)
+        )
+        results = sources | "ValidateImages" >> beam.ParDo(
+            ValidateImage(self._options), copies=beam.pvalue.AsDict(copies)
+        ).with_outputs(
+            ValidateImage.REJECTED,
+            ValidateImage.DUPLICATE,
+            ValidateImage.ACCEPTED_ROWS,
+            main=ValidateImage.ACCEPTED,
+        )
+        manifest = (
+            results[ValidateImage.ACCEPTED_ROWS],
+            results[ValidateImage.DUPLICATE],
+            results[ValidateImage.REJECTED],
+        ) | "MergeManifest" >> beam.Flatten()
+        return {"accepted": results[ValidateImage.ACCEPTED], "manifest": manifest}
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the outputs.
+
+
+def write_atomically(path: str, data: bytes) -> None:
+    """Writes `data` beside `path`, then renames it into place (readers never see half)."""
+    temporary = f"{path}.tmp-{uuid.uuid4().hex}"
+    with FileSystems.create(
+        temporary, compression_type=filesystem.CompressionTypes.UNCOMPRESSED
+    ) as stream:
+        stream.write(data)
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+    FileSystems.rename([temporary], [path])
+
+
+def encode_png(image) -> bytes:
+    """PNG bytes of a uint8 RGB array (lossless: what the TFRecords and images/ hold)."""
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("OpenCV could not encode a PNG")
+    return encoded.tobytes()
+
+
+def image_path(output: str, split: str, label: str, source_path: str, sha256: str) -> str:
+    """Where an accepted image's PNG goes: OUT/images/<split>/<label>/<stem>-<hash>.png.
+
+    The original name's stem keeps it readable, the start of the content hash keeps it unique.
+    """
+    stem = os.path.splitext(posixpath.basename(source_path.rstrip("/")))[0]
+    stem = _NAME_UNSAFE.sub("_", stem).strip("._")[:80] or "image"
+    return FileSystems.join(output, IMAGES_DIR, split, label, f"{stem}-{sha256[:12]}.png")
+
+
+def to_example(clean: schema.CleanImage, png: bytes) -> bytes:
+    """A serialized tf.train.Example with the FEATURES of example_feature_spec()."""
+    import tensorflow as tf  # lazily: only workers that write TFRecords pay for the import
+
+    def _bytes(value: bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def _int(value: int):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    height, width = clean.image.shape[:2]
+    features = {
+        "image/encoded": _bytes(png),
+        "image/format": _bytes(b"png"),
+        "image/height": _int(height),
+        "image/width": _int(width),
+        "label": _int(schema.label_id(clean.label)),
+        "label/text": _bytes(clean.label.encode()),
+        "sha256": _bytes(clean.sha256.encode()),
+        "split": _bytes(clean.split.encode()),
+        "filename": _bytes(clean.path.encode()),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=features))
+    return example.SerializeToString()
+
+
+def example_feature_spec() -> dict:
+    """The tf.io.parse_example spec of the TFRecords under OUT/tfrecords/<split>-*.tfrecord."""
+    import tensorflow as tf
+
+    spec = {key: tf.io.FixedLenFeature([], tf.string) for key in _STRING_FEATURES}
+    spec.update({key: tf.io.FixedLenFeature([], tf.int64) for key in _INT_FEATURES})
+    return spec
+
+
+_STRING_FEATURES = ("image/encoded", "image/format", "label/text", "sha256", "split", "filename")
+_INT_FEATURES = ("image/height", "image/width", "label")
+
+
+class EncodeExamples(beam.DoFn):
+    """CleanImage -> (split, serialized tf.train.Example); also writes the PNG to images/."""
+
+    def __init__(self, output: str, write_images: bool):
+        self._output = output
+        self._write_images = write_images
+
+    def process(self, clean: schema.CleanImage):
+        png = encode_png(clean.image)
+        if self._write_images:
+            path = image_path(self._output, clean.split, clean.label, clean.path, clean.sha256)
+            write_atomically(path, png)
+        yield clean.split, to_example(clean, png)
+
+
+class WriteTFRecords(beam.PTransform):
+    """(split, serialized Example) -> OUT/tfrecords/<split>-SSSSS-of-NNNNN.tfrecord per split."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self._output = output
+
+    def expand(self, examples):
+        by_split = examples | "BySplit" >> beam.Partition(
+            lambda keyed, _: splits.SPLITS.index(keyed[0]), len(splits.SPLITS)
+        )
+        written = {}
+        for split, pcollection in zip(splits.SPLITS, by_split, strict=True):
+            prefix = FileSystems.join(self._output, TFRECORDS_DIR, split)
+            written[split] = (
+                pcollection
+                | f"Drop{split.title()}Key" >> beam.Values()
+                | f"Write{split.title()}"
+                >> beam.io.WriteToTFRecord(prefix, file_name_suffix=".tfrecord")
+            )
+        return written
+
+
+def manifest_csv(rows: list[dict]) -> bytes:
+    """The manifest as CSV bytes, sorted by path, MANIFEST_COLUMNS in order."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda row: (row["path"], row["label"])))
+    return text.getvalue().encode("utf-8")
+
+
+class WriteManifest(beam.PTransform):
+    """Manifest rows -> OUT/manifest.csv, one file, sorted, written aside and renamed."""
+
+    def __init__(self, output: str):
+        super().__init__()
+        self._output = output
+
+    def expand(self, rows):
+        path = FileSystems.join(self._output, MANIFEST_FILE)
+        return (
+            rows
+            | "CollectRows" >> beam.combiners.ToList()
+            | "WriteCsv"
+            >> beam.Map(lambda collected: write_atomically(path, manifest_csv(collected)))
+        )
+
+
+def read_manifest(output: str) -> list[dict]:
+    """The rows of OUT/manifest.csv (all values as strings)."""
+    path = FileSystems.join(output, MANIFEST_FILE)
+    with FileSystems.open(path, compression_type=filesystem.CompressionTypes.UNCOMPRESSED) as f:
+        return list(csv.DictReader(io.TextIOWrapper(f, encoding="utf-8")))
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLI stage.
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PreprocessConfig(imaging.CleaningOptions):
+    """`happysad preprocess`: the cleaning options (inherited) plus inputs and outputs."""
+
+    input: str | None = dataclasses.field(
+        default=None,
+        metadata={
+            "help": "folder or Beam URI (gs://, s3://) with happy/ and sad/ sub-folders; "
+            "omit it for the built-in synthetic faces"
+        },
+    )
+    output: str = dataclasses.field(
+        metadata={"help": "output folder or URI: manifest.csv, summary.json, report, images"}
+    )
+    num_synthetic: int = dataclasses.field(
+        default=1000, metadata={"help": "number of synthetic faces when --input is omitted"}
+    )
+    seed: int = dataclasses.field(default=0, metadata={"help": "seed of the synthetic faces"})
+    write_images: bool = dataclasses.field(
+        default=True, metadata={"help": "also write the accepted images as PNG under images/"}
+    )
+    report: bool = dataclasses.field(
+        default=True, metadata={"help": "write report.md with plots after the pipeline"}
+    )
+    beam_args: tuple[str, ...] = dataclasses.field(
+        default=(),
+        metadata={"help": "Beam pipeline options", "passthrough": True},
+    )
+
+
+def build_pipeline(root: beam.Pipeline, config: PreprocessConfig) -> None:
+    """Adds the whole preprocessing graph to `root`."""
+    options = imaging.options_from(config)
+    if config.input is None:
+        from pipeline import synthetic_faces  # lazily: only needed without --input
+
+        sources = root | "RenderSyntheticFaces" >> synthetic_faces.RenderSyntheticFaces(
+            config.num_synthetic, config.seed
+        )
+    else:
+        sources = root | "ListLabelledFiles" >> ListLabelledFiles(config.input)
+    cleaned = sources | "CleanImages" >> CleanImages(options)
+    _ = (
+        cleaned["accepted"]
+        | "EncodeExamples" >> beam.ParDo(EncodeExamples(config.output, config.write_images))
+        | "WriteTFRecords" >> WriteTFRecords(config.output)
+    )
+    _ = cleaned["manifest"] | "WriteManifest" >> WriteManifest(config.output)
+
+
+def run(config: PreprocessConfig) -> dict:
+    """Runs the pipeline, then writes summary.json (last: it marks completion) and the report.
+
+    Returns:
+      The summary: counts by status, reason, label and split, input_files, warnings, outputs.
+    """
+    from pipeline import report  # lazily: matplotlib is only needed here
+
+    if config.input is None and config.num_synthetic < 2:
+        raise errors.UserError("--num-synthetic must be at least 2 (one face per label)")
+    _clear_previous_outputs(config.output)
+    options = pipeline_options.PipelineOptions(list(config.beam_args))
+    with beam.Pipeline(options=options) as root:
+        build_pipeline(root, config)
+    rows = read_manifest(config.output)
+    summary = report.summarize(rows)
+    summary["warnings"] = report.find_shortcuts(rows)
+    summary["options"] = dataclasses.asdict(imaging.options_from(config))
+    summary["outputs"] = {
+        "manifest": FileSystems.join(config.output, MANIFEST_FILE),
+        "tfrecords": FileSystems.join(config.output, TFRECORDS_DIR),
+        "images": FileSystems.join(config.output, IMAGES_DIR) if config.write_images else None,
+        "report": None,
+    }
+    if config.report:
+        summary["outputs"]["report"] = report.write_report(config.output, rows, summary)
+    for warning in summary["warnings"]:
+        logging.warning("Shortcut: %s", warning)
+    write_atomically(
+        FileSystems.join(config.output, SUMMARY_FILE), report.summary_json(summary).encode()
+    )
+    logging.info("Preprocessed %d files: %s", summary["input_files"], summary["status"])
+    return summary
+
+
+def _clear_previous_outputs(output: str) -> None:
+    """Removes a previous run's outputs, summary.json first, so no stale file survives."""
+    from pipeline import report
+
+    names = (SUMMARY_FILE, MANIFEST_FILE, report.REPORT_FILE, report.PLOTS_DIR)
+    for name in names + (IMAGES_DIR, TFRECORDS_DIR):
+        path = FileSystems.join(output, name)
+        if _is_local(path):
+            stale = [path] if os.path.lexists(path) else []
+        else:  # object stores have no folders: delete the object and everything under it
+            matches = FileSystems.match([path, path + "/**"])
+            stale = [meta.path for match in matches for meta in match.metadata_list]
+        if stale:
+            logging.info("Replacing %s", path)
+            FileSystems.delete(stale)
