@@ -1,0 +1,415 @@
+"""A client for TF Serving's REST API (`happysad predict`), for this server and the real one.
+
+It uses only the documented API: `GET /v1/models/{model}[/versions/{v}]` for status,
+`.../metadata`, and `POST ...:predict` with `{"b64": ...}` image bytes in the row format.
+Answers of 503 (and 429) are retried with exponential backoff; every call has a timeout.
+
+    from serving import client
+    client.wait_until_ready("http://localhost:8501", "happysad", timeout=60)
+    for prediction in client.predict(["smile.jpg"], url="http://localhost:8501", model="happysad"):
+        print(prediction.label, prediction.probability)
+
+`build_predict_request` and `parse_predict_response` are pure, for use with any HTTP stack.
+"""
+
+import asyncio
+import base64
+import dataclasses
+import logging
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import orjson
+
+from pipeline import errors
+
+DEFAULT_URL = "http://localhost:8501"
+DEFAULT_MODEL = "happysad"
+DEFAULT_SIGNATURE = "serving_default"
+HAPPY_LABEL = "happy"
+RETRY_STATUSES = (429, 503)
+DEFAULT_TIMEOUT_SECONDS = 30.0
+DEFAULT_RETRIES = 4
+BACKOFF_SECONDS = 0.25  # first retry delay; doubles each time, with jitter
+MAX_BACKOFF_SECONDS = 8.0
+
+logger = logging.getLogger(__name__)
+
+
+class ServerError(errors.UserError):
+    """The server answered with an error (its HTTP status and `error` message kept)."""
+
+    def __init__(self, message: str, http_status: int | None = None):
+        super().__init__(message)
+        self.http_status = http_status
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One image's answer: the label and the model's probability of that label."""
+
+    file: str
+    label: str
+    probability: float  # of `label`
+    happy_probability: float
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "label": self.label, "probability": round(self.probability, 6)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure request building and response parsing
+
+
+def model_url(url: str, model: str, version: int | None = None, verb: str = "") -> str:
+    """`{url}/v1/models/{model}[/versions/{version}][{verb}]`, verb like ":predict"."""
+    path = f"{url.rstrip('/')}/v1/models/{model}"
+    if version is not None:
+        path += f"/versions/{int(version)}"
+    return path + verb
+
+
+def build_predict_request(images: Sequence[bytes], signature_name: str = DEFAULT_SIGNATURE) -> dict:
+    """The :predict body for encoded images: row format, one `{"b64": ...}` per image."""
+    if not images:
+        raise ValueError("no images to send")
+    return {
+        "signature_name": signature_name,
+        "instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images],
+    }
+
+
+def parse_predict_response(document: Any, count: int) -> list[dict[str, Any]]:
+    """The outputs of each image from a row-format :predict answer, as name → value dicts.
+
+    A model with one output answers bare values, which come back as {"output": value}.
+
+    Raises:
+      ServerError: an `error` answer, or not one prediction per image.
+    """
+    if not isinstance(document, dict):
+        raise ServerError(f"the server's answer is not a JSON object: {str(document)[:200]}")
+    if "error" in document:
+        raise ServerError(f"the server answered: {document['error']}")
+    predictions = document.get("predictions")
+    if not isinstance(predictions, list) or len(predictions) != count:
+        raise ServerError(
+            f"expected {count} predictions in the server's answer, got "
+            f"{len(predictions) if isinstance(predictions, list) else 'none'}"
+        )
+    return [item if isinstance(item, dict) else {"output": item} for item in predictions]
+
+
+def to_prediction(file: str, outputs: dict[str, Any]) -> Prediction:
+    """A Prediction from the happysad contract's outputs (`happy_probability`, `label`)."""
+    if "happy_probability" not in outputs:
+        raise ServerError(
+            "the model's answer has no 'happy_probability' output "
+            f"(it has {', '.join(sorted(outputs))}): is this the happysad model?"
+        )
+    happy = float(outputs["happy_probability"])
+    label = outputs.get("label")
+    if isinstance(label, dict) and "b64" in label:
+        label = base64.b64decode(label["b64"]).decode("utf-8", errors="replace")
+    label = str(label) if label is not None else ("happy" if happy >= 0.5 else "sad")
+    probability = happy if label == HAPPY_LABEL else 1.0 - happy
+    return Prediction(file=file, label=label, probability=probability, happy_probability=happy)
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP calls (async), with retries and timeouts
+
+
+async def _request(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    body: bytes | None = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    retries: int = DEFAULT_RETRIES,
+) -> Any:
+    """One JSON call; retries 503/429 with exponential backoff (honouring Retry-After)."""
+    headers = {"Content-Type": "application/json"} if body is not None else None
+    for attempt in range(retries + 1):
+        try:
+            async with session.request(
+                method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as response:
+                payload = await response.read()
+                if response.status in RETRY_STATUSES and attempt < retries:
+                    delay = _backoff(attempt, response.headers.get("Retry-After"))
+                    logger.info("%s answered %d; retrying in %.2f s", url, response.status, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                return _decode(payload, response.status, url)
+        except TimeoutError:  # before ClientConnectionError: ServerTimeoutError is both
+            raise ServerError(
+                f"no answer from the model server at {url} within {timeout:g} s"
+            ) from None
+        except aiohttp.ClientConnectionError as error:
+            raise ServerError(f"cannot reach the model server at {url}: {_reason(error)}") from None
+    raise AssertionError("unreachable")
+
+
+def _decode(payload: bytes, http_status: int, url: str) -> Any:
+    try:
+        document = orjson.loads(payload) if payload else None
+    except orjson.JSONDecodeError:
+        document = None
+    if http_status >= 400:
+        message = document.get("error") if isinstance(document, dict) else None
+        message = message or payload[:200].decode("utf-8", errors="replace") or "no details"
+        raise ServerError(f"the server answered {http_status}: {message}", http_status)
+    if document is None:
+        raise ServerError(f"the answer from {url} is not JSON: {payload[:200]!r}")
+    return document
+
+
+def _backoff(attempt: int, retry_after: str | None) -> float:
+    if retry_after:
+        try:
+            return min(float(retry_after), MAX_BACKOFF_SECONDS)
+        except ValueError:
+            pass
+    delay = min(BACKOFF_SECONDS * 2**attempt, MAX_BACKOFF_SECONDS)
+    return delay * (0.5 + random.random() / 2)
+
+
+def _reason(error: BaseException) -> str:
+    cause = getattr(error, "os_error", None) or error.__cause__ or error
+    number = getattr(cause, "errno", None)
+    if number:
+        return os.strerror(number)
+    return str(cause) or type(cause).__name__
+
+
+async def predict_async(
+    images: Sequence[str | bytes],
+    *,
+    url: str = DEFAULT_URL,
+    model: str = DEFAULT_MODEL,
+    version: int | None = None,
+    signature_name: str = DEFAULT_SIGNATURE,
+    batch_size: int = 32,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    retries: int = DEFAULT_RETRIES,
+    session: aiohttp.ClientSession | None = None,
+) -> list[Prediction]:
+    """Classifies images (file paths or encoded bytes), `batch_size` per request."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    names, contents = _read_images(images)
+    endpoint = model_url(url, model, version, ":predict")
+    owned = session is None
+    session = session or aiohttp.ClientSession()
+    try:
+        predictions = []
+        for start in range(0, len(contents), batch_size):
+            chunk = contents[start : start + batch_size]
+            body = orjson.dumps(build_predict_request(chunk, signature_name))
+            document = await _request(
+                session, "POST", endpoint, body=body, timeout=timeout, retries=retries
+            )
+            outputs = parse_predict_response(document, len(chunk))
+            predictions += [
+                to_prediction(name, item)
+                for name, item in zip(names[start : start + batch_size], outputs, strict=True)
+            ]
+        return predictions
+    finally:
+        if owned:
+            await session.close()
+
+
+def _read_images(images: Sequence[str | bytes]) -> tuple[list[str], list[bytes]]:
+    names, contents = [], []
+    for index, image in enumerate(images):
+        if isinstance(image, bytes | bytearray):
+            names.append(f"<image {index}>")
+            contents.append(bytes(image))
+            continue
+        path = os.fspath(image)
+        if not os.path.isfile(path):
+            raise errors.UserError(f"{path}: no such image file")
+        with open(path, "rb") as file:
+            contents.append(file.read())
+        names.append(path)
+    if not contents:
+        raise errors.UserError("no images given")
+    return names, contents
+
+
+async def _get(url: str, timeout: float, retries: int) -> dict:
+    async with aiohttp.ClientSession() as session:
+        return await _request(session, "GET", url, timeout=timeout, retries=retries)
+
+
+# ---------------------------------------------------------------------------------------------
+# Synchronous helpers
+
+
+def _run(coroutine) -> Any:
+    """Runs a coroutine to completion, also from code that already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(coroutine)
+        except BaseException as error:  # re-raised in the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def predict(
+    images: Sequence[str | bytes],
+    url: str = DEFAULT_URL,
+    model: str = DEFAULT_MODEL,
+    version: int | None = None,
+    **options: Any,
+) -> list[Prediction]:
+    """Classifies images (paths or encoded bytes); see `predict_async` for the options."""
+    return _run(predict_async(images, url=url, model=model, version=version, **options))
+
+
+def model_status(
+    url: str = DEFAULT_URL,
+    model: str = DEFAULT_MODEL,
+    version: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    retries: int = DEFAULT_RETRIES,
+) -> dict:
+    """GET /v1/models/{model}[/versions/{v}]: `{"model_version_status": [...]}`."""
+    return _run(_get(model_url(url, model, version), timeout, retries))
+
+
+def model_metadata(
+    url: str = DEFAULT_URL,
+    model: str = DEFAULT_MODEL,
+    version: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    retries: int = DEFAULT_RETRIES,
+) -> dict:
+    """GET .../metadata: the model spec and its signature defs."""
+    return _run(_get(model_url(url, model, version) + "/metadata", timeout, retries))
+
+
+def wait_until_ready(
+    url: str = DEFAULT_URL,
+    model: str = DEFAULT_MODEL,
+    timeout: float = 60.0,
+    poll_seconds: float = 0.2,
+) -> dict:
+    """Waits until a version of `model` is AVAILABLE; returns the model status.
+
+    Works against TF Serving too (it asks the status API). While the server is still
+    starting, refused connections and 404s count as "not yet".
+
+    Raises:
+      TimeoutError: nothing AVAILABLE within `timeout` seconds (the message says the last
+        thing seen).
+    """
+    deadline = time.monotonic() + timeout
+    last = "no answer yet"
+    while True:
+        try:
+            document = model_status(url, model, timeout=max(poll_seconds, 1.0), retries=0)
+            states = [item.get("state") for item in document.get("model_version_status", [])]
+            if "AVAILABLE" in states:
+                return document
+            last = f"versions are {states}"
+        except ServerError as error:
+            last = str(error)
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"model {model} at {url} is not ready after {timeout:g} s: {last}")
+        time.sleep(poll_seconds)
+
+
+# ---------------------------------------------------------------------------------------------
+# `happysad predict`
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+    """`happysad predict IMAGE...`: one JSON line per image (file, label, probability)."""
+
+    images: tuple[str, ...] = dataclasses.field(
+        metadata={"help": "image files to classify (JPEG, PNG, ...)", "positional": True}
+    )
+    server: str = dataclasses.field(
+        default=DEFAULT_URL,
+        metadata={"help": "TF Serving REST endpoint", "flags": ("--server",)},
+    )
+    model: str = dataclasses.field(
+        default=DEFAULT_MODEL, metadata={"help": "model name", "flags": ("--model",)}
+    )
+    model_version: int | None = dataclasses.field(
+        default=None,
+        metadata={"help": "version to ask (default: the latest)", "flags": ("--model_version",)},
+    )
+    signature_name: str = dataclasses.field(
+        default=DEFAULT_SIGNATURE,
+        metadata={"help": "signature taking encoded images", "flags": ("--signature_name",)},
+    )
+    batch_size: int = dataclasses.field(
+        default=32, metadata={"help": "images per request", "flags": ("--batch_size",)}
+    )
+    timeout: float = dataclasses.field(
+        default=DEFAULT_TIMEOUT_SECONDS,
+        metadata={"help": "seconds to wait for each answer", "flags": ("--timeout",)},
+    )
+    retries: int = dataclasses.field(
+        default=DEFAULT_RETRIES,
+        metadata={"help": "retries of a 503/429 answer, with backoff", "flags": ("--retries",)},
+    )
+    output: str = dataclasses.field(
+        default="-",
+        metadata={"help": "where the JSON lines go ('-': standard output)", "flags": ("--output",)},
+    )
+
+
+def run(config: PredictConfig) -> dict:
+    """Classifies the images and writes one JSON line each; returns a summary."""
+    predictions = predict(
+        config.images,
+        url=config.server,
+        model=config.model,
+        version=config.model_version,
+        signature_name=config.signature_name,
+        batch_size=config.batch_size,
+        timeout=config.timeout,
+        retries=config.retries,
+    )
+    lines = "".join(orjson.dumps(p.to_json()).decode("utf-8") + "\n" for p in predictions)
+    if config.output == "-":
+        sys.stdout.write(lines)  # the stage's output, not a log line
+        sys.stdout.flush()
+    else:
+        partial = f"{config.output}.partial"
+        with open(partial, "w", encoding="utf-8") as file:
+            file.write(lines)
+        os.replace(partial, config.output)
+    counts: dict[str, int] = {}
+    for prediction in predictions:
+        counts[prediction.label] = counts.get(prediction.label, 0) + 1
+    return {"images": len(predictions), "labels": counts, "output": config.output}

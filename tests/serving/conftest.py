@@ -1,0 +1,148 @@
+"""Tiny SavedModels for the serving tests, exported once per session, and a server fixture helper.
+
+- `image_model`: the happysad serving contract in miniature: `serving_default` takes encoded
+  images (DT_STRING [-1]) and `predict_images` float pixels, both answering
+  `happy_probability`, `label` and `class_id`; the "probability" is the mean brightness.
+  It also carries `multi_io` (three inputs of three dtypes, four outputs, one of them
+  `_bytes`) and `scalar_stats` (an output without a batch dimension).
+- `tf1_model`: a TF1 SavedModelBuilder export in the style of TF Serving's half_plus_three,
+  with `tensorflow/serving/classify` and `tensorflow/serving/regress` signatures.
+"""
+
+import io
+import os
+import shutil
+
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from serving import prediction_log
+
+IMAGE_SIZE = 8
+
+
+def encode_image(brightness: int, size: int = 16, image_format: str = "PNG") -> bytes:
+    """A flat grey image: its happy_probability under `image_model` is brightness / 255."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (brightness,) * 3).save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+class _ImageModel(tf.Module):
+    def __init__(self, marker: int):
+        super().__init__()
+        self.marker = tf.Variable(marker, dtype=tf.int32, trainable=False)
+
+    def _outputs(self, images):
+        probability = tf.reduce_mean(images, axis=[1, 2, 3]) / 255.0
+        is_happy = probability >= 0.5
+        return {
+            "happy_probability": probability,
+            "label": tf.where(is_happy, tf.constant("happy"), tf.constant("sad")),
+            "class_id": tf.cast(is_happy, tf.int64),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_bytes(self, image_bytes):
+        def decode(data):
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+            return tf.image.resize(tf.cast(image, tf.float32), [IMAGE_SIZE, IMAGE_SIZE])
+
+        images = tf.map_fn(decode, image_bytes, fn_output_signature=tf.float32)
+        return self._outputs(images)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name="images")
+        ]
+    )
+    def serve_images(self, images):
+        return self._outputs(images)
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, 2], tf.float32, name="a"),
+            tf.TensorSpec([None], tf.int64, name="b"),
+            tf.TensorSpec([None], tf.string, name="tag"),
+        ]
+    )
+    def multi_io(self, a, b, tag):
+        total = tf.reduce_sum(a, axis=1) + tf.cast(b, tf.float32)
+        return {
+            "total": total,
+            "tag_bytes": tf.strings.join([tag, tf.constant("!")]),
+            "positive": total > 0,
+            "marker": tf.fill(tf.shape(b), self.marker),
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    def scalar_stats(self, x):
+        return {"mean": tf.reduce_mean(x), "count": tf.size(x)}
+
+
+def export_image_model(path: str, marker: int = 1, warmup: bool = False) -> str:
+    module = _ImageModel(marker)
+    signatures = {
+        "serving_default": module.serve_bytes,
+        "predict_images": module.serve_images,
+        "multi_io": module.multi_io,
+        "scalar_stats": module.scalar_stats,
+    }
+    tf.saved_model.save(module, path, signatures=signatures)
+    if warmup:
+        request = prediction_log.predict_request({"image_bytes": [encode_image(200)]}, "model")
+        prediction_log.write_warmup_requests(prediction_log.warmup_path(path), [request])
+    return path
+
+
+def export_tf1_model(path: str) -> str:
+    """half_plus_three, TF1 style: predict `x`→`y`, classify and regress on tf.Examples."""
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        serialized = tf.compat.v1.placeholder(tf.string, [None], name="tf_example")
+        features = tf.io.parse_example(serialized, {"x": tf.io.FixedLenFeature([1], tf.float32)})
+        x_from_examples = features["x"]
+        regression = x_from_examples * 0.5 + 3.0
+        scores = tf.concat([tf.sigmoid(x_from_examples), 1 - tf.sigmoid(x_from_examples)], 1)
+        classes = tf.tile(tf.constant([["happy", "sad"]]), [tf.shape(serialized)[0], 1])
+        x = tf.compat.v1.placeholder(tf.float32, [None], name="x")
+        y = x * 0.5 + 3.0
+        signature_defs = tf.compat.v1.saved_model.signature_def_utils
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(
+            session,
+            [tf.compat.v1.saved_model.tag_constants.SERVING],
+            signature_def_map={
+                "serving_default": signature_defs.predict_signature_def({"x": x}, {"y": y}),
+                "tensorflow/serving/classify": signature_defs.classification_signature_def(
+                    serialized, classes, scores
+                ),
+                "tensorflow/serving/regress": signature_defs.regression_signature_def(
+                    serialized, regression
+                ),
+            },
+        )
+        builder.save()
+    return path
+
+
+@pytest.fixture(scope="session")
+def exported_models(tmp_path_factory):
+    """Paths of SavedModels exported once: image model with markers 1 and 2, TF1 model."""
+    root = tmp_path_factory.mktemp("exported")
+    return {
+        "image": export_image_model(str(root / "image"), marker=1, warmup=True),
+        "image_v2": export_image_model(str(root / "image_v2"), marker=2),
+        "tf1": export_tf1_model(str(root / "tf1")),
+    }
+
+
+def install_version(model_dir: str, base_path, version: int) -> str:
+    """Copies a SavedModel in as `base_path/version`, atomically (aside, then renamed)."""
+    base_path = str(base_path)
+    os.makedirs(base_path, exist_ok=True)
+    partial = os.path.join(base_path, f".partial-{version}")
+    shutil.copytree(model_dir, partial)
+    target = os.path.join(base_path, str(version))
+    os.rename(partial, target)
+    return target
