@@ -63,10 +63,11 @@ class RestApi:
         self.draining = False
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_route("*", "/v1/{tail:.*}", self.handle_api)
+        app.router.add_route("*", "/{v1:[vV]1}/{tail:.*}", self.handle_api)  # TF Serving: (?i)
         app.router.add_get(metrics_lib.PATH, self.handle_metrics)
         app.router.add_get(READY_PATH, self.handle_ready)
         app.router.add_get(HEALTH_PATH, self.handle_health)
+        app.router.add_route("*", "/{tail:.*}", self.handle_unknown)
 
     # -- TF Serving's API ----------------------------------------------------------------
 
@@ -224,6 +225,13 @@ class RestApi:
             body["reason"] = "no version of the model is AVAILABLE"
         return web.Response(
             body=orjson.dumps(body), status=200 if ready else 503, content_type=JSON_CONTENT_TYPE
+        )
+
+    async def handle_unknown(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=tensor_json.error_body(f"Not found: {request.method} {request.path}"),
+            status=404,
+            content_type=JSON_CONTENT_TYPE,
         )
 
     async def handle_health(self, request: web.Request) -> web.Response:

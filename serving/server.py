@@ -253,9 +253,10 @@ class _Server:
         """Not-ready first, then stop accepting, finish in-flight requests, stop polling."""
         logger.info("Shutting down: finishing requests in flight")
         self.api.draining = True
-        if self.runner is not None:
-            await self.runner.cleanup()
-        await self.scheduler.drain()
+        # Queued batches run now instead of waiting out their timeout, while aiohttp stops
+        # listening and waits for every handler that has its request to answer.
+        cleanup = self.runner.cleanup() if self.runner is not None else asyncio.sleep(0)
+        await asyncio.gather(cleanup, self.scheduler.drain())
         self.manager.stop()
         self.executor.shutdown(wait=True)
 

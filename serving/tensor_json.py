@@ -541,6 +541,8 @@ def _json_ready(name: str, array: np.ndarray) -> Any:
         raise status.invalid_argument(
             f"Failed to write JSON value for tensor type: {array.dtype.name}"
         )
+    if array.ndim == 0:
+        return array[()]  # a numpy scalar: orjson writes a 0-d array as a list
     return np.ascontiguousarray(array)
 
 
