@@ -283,7 +283,7 @@ def clean_image_bytes(
     return image, info._replace(
         status=ACCEPTED,
         grayscale=is_grayscale(image),
-        brightness=round(float(image.mean()), 1),
+        brightness=brightness(image),
         face=face,
     )
 
@@ -383,7 +383,9 @@ def to_rgb(picture: Image.Image) -> np.ndarray:
     if picture.mode == "RGBA":
         white = Image.new("RGBA", picture.size, (255, 255, 255, 255))
         picture = Image.alpha_composite(white, picture)
-    return np.asarray(picture.convert("RGB"))
+    if picture.mode == "L":  # OpenCV expands gray to RGB several times faster than Pillow
+        return cv2.cvtColor(np.asarray(picture), cv2.COLOR_GRAY2RGB)
+    return np.asarray(picture if picture.mode == "RGB" else picture.convert("RGB"))
 
 
 def _to_8_bit(values: np.ndarray, mode: str) -> np.ndarray:
@@ -396,11 +398,20 @@ def _to_8_bit(values: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
 
 
+def brightness(image: np.ndarray) -> float:
+    """Mean pixel value (0..255) of an RGB image, from every fourth row and column."""
+    return round(float(image[::4, ::4].mean(dtype=np.float32)), 1)
+
+
 def is_grayscale(image: np.ndarray) -> bool:
-    """Whether an RGB image carries no colour (up to JPEG's chroma noise)."""
-    pixels = image[::4, ::4].astype(np.int16)  # a sample is plenty, and 16 times cheaper
-    difference = np.abs(pixels[..., 0] - pixels[..., 1]) + np.abs(pixels[..., 1] - pixels[..., 2])
-    return float(difference.mean()) < _GRAYSCALE_TOLERANCE
+    """Whether an RGB image carries no colour (up to JPEG's chroma noise).
+
+    Looks at every fourth row and column: plenty for a mean, and 16 times cheaper.
+    """
+    sample = np.ascontiguousarray(image[::4, ::4]).astype(np.int16)
+    red, green, blue = sample[..., 0], sample[..., 1], sample[..., 2]
+    difference = np.abs(red - green) + np.abs(green - blue)
+    return float(difference.mean(dtype=np.float32)) < _GRAYSCALE_TOLERANCE
 
 
 def resize(image: np.ndarray, size: int = IMAGE_SIZE, policy: str = "stretch") -> np.ndarray:

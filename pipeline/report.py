@@ -11,7 +11,7 @@ import matplotlib
 import numpy as np
 
 matplotlib.use("Agg")  # files only, never a window (and no display on workers)
-from matplotlib import pyplot  # noqa: E402
+from matplotlib import pyplot, ticker  # noqa: E402
 
 from pipeline import imaging, preprocess, schema, splits  # noqa: E402
 
@@ -290,6 +290,9 @@ def _plot_sizes(rows: list[dict]):
                 )
     axes.set_xscale("log")
     axes.set_yscale("log")
+    for axis in (axes.xaxis, axes.yaxis):  # plain numbers (300, not 3x10^2), no minor labels
+        axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.set_minor_formatter(ticker.NullFormatter())
     axes.set_xlabel("original width (pixels)")
     axes.set_ylabel("original height (pixels)")
     axes.set_title("Original image sizes")
