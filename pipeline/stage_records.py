@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -135,6 +135,7 @@ class StageRunner:
         inputs: Mapping[str, str],
         execute: Callable[[str], Mapping[str, Any]],
         clear_output: bool = True,
+        required: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Runs `execute(stage_dir)` unless a matching record exists; returns the outputs.
 
@@ -144,6 +145,8 @@ class StageRunner:
           inputs: name -> path of each file or folder the stage reads; hashed by content.
           execute: does the work into the stage folder and returns its outputs (JSON-able).
           clear_output: empty the stage folder before a (re)run, so no stale file survives.
+          required: keys of the outputs that name paths; a record whose paths are gone no
+            longer counts (someone deleted the dataset or the pushed model).
         """
         stage_dir = self.stage_dir(stage)
         started = time.time()
@@ -157,7 +160,12 @@ class StageRunner:
             seconds=0.0,
         )
         previous = read_record(stage_dir)
-        if previous and not self.force and previous.cache_key() == candidate.cache_key():
+        if (
+            previous
+            and not self.force
+            and previous.cache_key() == candidate.cache_key()
+            and all(FileSystems.exists(str(previous.outputs.get(key))) for key in required)
+        ):
             self.report(f"[{stage}] up to date: inputs and parameters match {RECORD_FILE}; skipped")
             return previous.outputs
         reason = "forced" if (previous and self.force) else ("changed" if previous else "new")

@@ -78,3 +78,21 @@ def test_failed_stage_leaves_no_record_and_reruns(tmp_path):
         runner.run("broken", {}, {}, fail)
     assert stage_records.read_record(runner.stage_dir("broken")) is None
     assert runner.run("broken", {}, {}, lambda d: {"ok": True}) == {"ok": True}
+
+
+def test_record_whose_required_outputs_are_gone_is_rerun(tmp_path):
+    runner = stage_records.StageRunner(str(tmp_path / "W"), report=lambda _: None)
+    target = tmp_path / "published"
+    calls = []
+
+    def publish(stage_dir):
+        calls.append(1)
+        target.write_text("model")
+        return {"path": str(target)}
+
+    runner.run("push", {}, {}, publish, required=["path"])
+    runner.run("push", {}, {}, publish, required=["path"])
+    assert len(calls) == 1
+    target.unlink()
+    runner.run("push", {}, {}, publish, required=["path"])
+    assert len(calls) == 2 and target.exists()
