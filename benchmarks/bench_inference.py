@@ -1,0 +1,151 @@
+"""Inference throughput of the exported SavedModel, at batch 1 and 32, per signature.
+
+Same model, same images, same process: the default seed CNN (random weights: speed does not
+depend on them) exported with `pipeline.export.export_model` and loaded back with plain
+`tf.saved_model.load`, as TF Serving runs it.
+  serving_default  JPEG bytes in (LFW-style 250x250 faces): decode, EXIF, resize, model.
+  predict_images   preprocessed float pixels in: the model alone.
+Baselines: the same work done the Python way (imaging.clean_image_bytes + Keras
+predict_on_batch) for serving_default, and Keras predict_on_batch for predict_images; the
+batch-32 rows are also reported against batch 1 (the gain from batching).
+"""
+
+import glob
+import os
+import statistics
+import time
+
+import common
+import numpy as np
+import tensorflow as tf
+
+from pipeline import export, imaging, synthetic_faces, warmup
+
+NAME = "inference"
+BATCH_SIZES = (1, 32)
+_REPEATS = 5
+
+
+def _faces(count: int) -> list[bytes]:
+    """JPEG bytes of faces: the shared photos that preprocessing accepts, else synthetic ones."""
+    faces_dir = common.shared_faces_dir()
+    paths = sorted(glob.glob(os.path.join(faces_dir, "*", "*.jpg"))) if faces_dir else []
+    images = []
+    for path in paths:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        if imaging.clean_image_bytes(data)[1].status == imaging.ACCEPTED:
+            images.append(data)
+    if images:
+        return (images * (count // len(images) + 1))[:count]
+    return [
+        warmup.encode(synthetic_faces.render_face(index, ("sad", "happy")[index % 2], 250))
+        for index in range(count)
+    ]
+
+
+def _model():
+    try:
+        from pipeline import models
+    except ImportError:  # before the trainer's models land: the seed's architecture by hand
+        import keras
+
+        layers = [keras.Input((256, 256, 3))]
+        for filters in (16, 32, 64):
+            layers += [
+                keras.layers.Conv2D(filters, 3, activation="relu"),
+                keras.layers.MaxPooling2D(),
+            ]
+        layers += [
+            keras.layers.Flatten(),
+            keras.layers.Dense(256, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ]
+        return keras.Sequential(layers)
+    return models.build_model(models.ModelOptions(), seed=0)
+
+
+def _images_per_second(call, inputs: list, batch_size: int, seconds: float) -> float:
+    """Median throughput over a few timed rounds of `call(batch)` on consecutive batches."""
+    batches = [inputs[start : start + batch_size] for start in range(0, len(inputs), batch_size)]
+    batches = [batch for batch in batches if len(batch) == batch_size]
+    call(batches[0])  # warm-up: tracing and kernel set-up are not throughput
+    rates = []
+    for _ in range(_REPEATS):
+        images, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / _REPEATS:
+            batch = batches[images // batch_size % len(batches)]
+            call(batch)
+            images += batch_size
+        rates.append(images / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def run(workdir: str, quick: bool) -> list[common.Row]:
+    seconds = 2.0 if quick else 10.0
+    model = _model()
+    export_dir = os.path.join(workdir, "export", "1")
+    if tf.io.gfile.exists(export_dir):
+        tf.io.gfile.rmtree(export_dir)
+    export.export_model(model, export_dir, 0.5, {"model_name": "bench"}, [])
+    loaded = tf.saved_model.load(export_dir)
+    serving_default = loaded.signatures[export.SERVING_SIGNATURE]
+    predict_images = loaded.signatures[export.IMAGES_SIGNATURE]
+
+    jpegs = _faces(64)
+    pixels = [imaging.clean_image_bytes(data)[0].astype(np.float32) for data in jpegs]
+
+    def served_bytes(batch):
+        serving_default(image_bytes=tf.constant(batch))["happy_probability"].numpy()
+
+    def served_pixels(batch):
+        predict_images(images=tf.constant(np.stack(batch)))["happy_probability"].numpy()
+
+    def python_bytes(batch):
+        cleaned = np.stack([imaging.clean_image_bytes(data)[0] for data in batch])
+        model.predict_on_batch(cleaned.astype(np.float32) / 255.0)
+
+    def keras_pixels(batch):
+        model.predict_on_batch(np.stack(batch) / 255.0)
+
+    rows = []
+    measured = {}
+    for batch_size in BATCH_SIZES:
+        measured[batch_size] = {
+            "serving_default": _images_per_second(served_bytes, jpegs, batch_size, seconds),
+            "python": _images_per_second(python_bytes, jpegs, batch_size, seconds),
+            "predict_images": _images_per_second(served_pixels, pixels, batch_size, seconds),
+            "keras": _images_per_second(keras_pixels, pixels, batch_size, seconds),
+        }
+    for batch_size in BATCH_SIZES:
+        figures = measured[batch_size]
+        rows += [
+            common.Row(
+                NAME,
+                f"serving_default (JPEG bytes), batch {batch_size}",
+                figures["serving_default"],
+                "images/s",
+                f"imaging.clean_image_bytes + Keras, batch {batch_size}",
+                figures["python"],
+            ),
+            common.Row(
+                NAME,
+                f"predict_images (pixels), batch {batch_size}",
+                figures["predict_images"],
+                "images/s",
+                f"Keras predict_on_batch, batch {batch_size}",
+                figures["keras"],
+            ),
+        ]
+    for signature in ("serving_default", "predict_images"):
+        rows.append(
+            common.Row(
+                NAME,
+                f"{signature}, batch 32",
+                measured[32][signature],
+                "images/s",
+                f"{signature}, batch 1",
+                measured[1][signature],
+            )
+        )
+    return rows
