@@ -19,7 +19,7 @@ $(VENV)/.installed: setup.py
 
 demo: setup
 	$(BIN)/happysad run --workdir $(WORKDIR)
-	$(BIN)/python -m serving.demo --workdir $(WORKDIR) --port $(PORT)
+	$(BIN)/python -m pipeline.demo --workdir $(WORKDIR) --port $(PORT)
 
 lint: setup
 	$(BIN)/ruff format --check .
