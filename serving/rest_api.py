@@ -111,10 +111,12 @@ class RestApi:
                 status.Code.INTERNAL, f"Internal error: {type(error).__name__}: {error}"
             )
             response, outcome = _error_response(failure), failure.code
-        self.metrics.request_count.inc(model_name=model_name, status=outcome.name)
+        # Only the served name becomes a label: arbitrary URLs must not grow the metrics.
+        label = model_name if model_name == self.manager.model_name else ""
+        self.metrics.request_count.inc(model_name=label, status=outcome.name)
         self.metrics.request_latency.observe(
             (time.perf_counter() - started) * 1e6,
-            model_name=model_name,
+            model_name=label,
             API=api,
             entrypoint="REST",
         )
@@ -272,8 +274,11 @@ def _too_large(length: int | None, limit: int) -> status.ServingError:
 
 
 def _error_response(error: status.ServingError) -> web.Response:
+    # An overloaded or draining server tells clients when to come back.
+    headers = {"Retry-After": "1"} if error.code == status.Code.UNAVAILABLE else None
     return web.Response(
         body=tensor_json.error_body(error.message),
         status=error.http_status,
         content_type=JSON_CONTENT_TYPE,
+        headers=headers,
     )
