@@ -38,6 +38,8 @@ CONFUSION_MATRIX_PLOT = "confusion_matrix.png"
 ROC_CURVE_PLOT = "roc_curve.png"
 TRAINING_CURVES_PLOT = "training_curves.png"
 THRESHOLD_POLICIES = ("fixed", "validation")
+# The exported signature that takes the dataset's pixels as they are (see pipeline.export).
+BASELINE_SIGNATURE = "predict_images"
 # Custom layers register themselves with Keras when this module is imported.
 _CUSTOM_OBJECTS_MODULE = "pipeline.models"
 _CHUNK = 1 << 20
@@ -292,16 +294,15 @@ class Baseline:
         self.path = version_dir
         self.card = push.read_model_card(version_dir)
         self._loaded = tf.saved_model.load(version_dir)
-        self._images = self._loaded.signatures.get("predict_images")
-        self._bytes = self._loaded.signatures["serving_default"]
+        if BASELINE_SIGNATURE not in self._loaded.signatures:
+            raise errors.UserError(
+                f"the pushed model {version_dir} has no {BASELINE_SIGNATURE!r} signature"
+            )
+        self._predict = self._loaded.signatures[BASELINE_SIGNATURE]
 
     def __call__(self, images: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(P(happy), class ids) for a batch of uint8 images (256, 256, 3)."""
-        if self._images is not None:
-            outputs = self._images(images=tf.cast(images, tf.float32))
-        else:  # an older export: send lossless PNGs to serving_default instead
-            encoded = tf.map_fn(tf.io.encode_png, images, fn_output_signature=tf.string)
-            outputs = self._bytes(image_bytes=encoded)
+        """(P(happy), class ids by its own threshold) for uint8 images (N, 256, 256, 3)."""
+        outputs = self._predict(images=tf.cast(images, tf.float32))
         return outputs["happy_probability"].numpy(), outputs["class_id"].numpy()
 
 
@@ -374,7 +375,10 @@ def _plot(config: EvaluateConfig, metrics: dict, predictions: dict, baseline) ->
     output = config.output_dir
     files = {
         "confusion_matrix": plots.confusion_matrix(
-            os.path.join(output, CONFUSION_MATRIX_PLOT), metrics["confusion_matrix"], schema.LABELS
+            os.path.join(output, CONFUSION_MATRIX_PLOT),
+            metrics["confusion_matrix"],
+            schema.LABELS,
+            metrics["threshold"],
         )
     }
     labels = predictions["labels"]

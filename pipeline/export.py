@@ -47,6 +47,8 @@ _EXIF_HEADER = "Exif\x00\x00"
 _EXIF_SEARCH_BYTES = 1 << 16
 _ORIENTATION_TAG = 0x0112
 _MAX_IFD_ENTRIES = 256
+# What the model card keeps of pipeline.data.describe(): no local paths.
+_DATASET_KEYS = ("name", "config", "version", "splits")
 
 logger = logging.getLogger(__name__)
 
@@ -354,12 +356,12 @@ def _signature_card() -> dict:
 # The model card and the export stage.
 
 
-def code_version() -> str:
+def code_version() -> dict:
     """The package version, and the git commit when running from a checkout."""
     here = os.path.dirname(os.path.abspath(__file__))
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"],
+            ["git", "rev-parse", "HEAD"],
             cwd=here,
             capture_output=True,
             text=True,
@@ -368,7 +370,8 @@ def code_version() -> str:
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = ""
-    return f"{pipeline.__version__}+g{commit}" if commit else pipeline.__version__
+    version = {"happysad": pipeline.__version__}
+    return {**version, "git_commit": commit} if commit else version
 
 
 def _read_json(path: str) -> dict:
@@ -420,7 +423,7 @@ def build_model_card(config: ExportConfig, model_sha256: str) -> dict:
     threshold, threshold_source = _decision_threshold(config, metrics)
     dataset = train_params.get("dataset") or metrics.get("dataset") or {}
     if isinstance(dataset, dict):
-        dataset = {key: dataset.get(key) for key in ("name", "config", "version") if key in dataset}
+        dataset = {key: dataset[key] for key in _DATASET_KEYS if key in dataset}
     summary_keys = ("n", "accuracy", "precision", "recall", "f1", "auc", "confusion_matrix")
     evaluated = {key: metrics[key] for key in summary_keys if key in metrics}
     if metrics.get("dataset", {}).get("split"):

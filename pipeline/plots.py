@@ -23,7 +23,9 @@ def _save(fig: figure.Figure, path: str) -> str:
     return path
 
 
-def confusion_matrix(path: str, matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> str:
+def confusion_matrix(
+    path: str, matrix: Sequence[Sequence[int]], labels: Sequence[str], threshold: float
+) -> str:
     """Counts with true labels as rows and predicted labels as columns, each cell annotated."""
     counts = np.asarray(matrix)
     fig = figure.Figure(figsize=(4.2, 3.6))
@@ -38,7 +40,7 @@ def confusion_matrix(path: str, matrix: Sequence[Sequence[int]], labels: Sequenc
         yticklabels=labels,
         xlabel="predicted",
         ylabel="true",
-        title=f"Confusion matrix (n={int(counts.sum())})",
+        title=f"Confusion matrix (n={int(counts.sum())}, threshold {threshold:.3f})",
     )
     middle = counts.max() / 2 if counts.size else 0
     for row, col in np.ndindex(counts.shape):

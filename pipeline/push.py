@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 
 import tensorflow as tf
@@ -183,7 +182,7 @@ def publish(source_dir: str, base: str, version: int | None = None, *, move: boo
     if move:
         staging = source_dir
     else:
-        staging = tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=base)
+        staging = staging_dir(base, version)  # created by the copy, with the umask's mode
         try:
             _copy_tree(source_dir, staging)
         except BaseException:

@@ -15,6 +15,7 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 from tensorflow.core.protobuf import saved_model_pb2
 
+import pipeline
 from pipeline import errors, evaluate, export, imaging
 from serving import prediction_log
 
@@ -241,12 +242,22 @@ def test_fresh_process_serves_with_plain_tensorflow(exported, samples, expected)
 def train_dir(tmp_path_factory, model):
     directory = tmp_path_factory.mktemp("train")
     model.save(directory / "model.keras")
+    # As pipeline.train writes it: data.describe() for the dataset, versions as a dict.
+    dataset = {
+        "name": "tiny_happysad",
+        "config": "faces",
+        "version": "1.0.0",
+        "data_dir": "/somewhere/local",
+        "splits": {"train": 16, "validation": 4, "test": 4},
+        "labels": ["sad", "happy"],
+    }
     (directory / "train_params.json").write_text(
         json.dumps(
             {
-                "dataset": {"name": "tiny_happysad", "config": "faces", "version": "1.0.0"},
                 "hyperparameters": {"model": "spatial", "epochs": 1},
-                "code_version": "0.1.0+gtest",
+                "dataset": dataset,
+                "seed": 0,
+                "code_version": {"happysad": "0.1.0", "git_commit": "f00"},
             }
         )
     )
@@ -299,7 +310,14 @@ def test_run_exports_numbered_versions_without_overwriting(tmp_path, train_dir):
     card = json.loads((base / "1" / "assets" / "model_card.json").read_text())
     assert card["threshold"] == 0.42
     assert card["hyperparameters"] == {"model": "spatial", "epochs": 1}
-    assert card["code_version"] == "0.1.0+gtest" and card["export_code_version"]
+    assert card["dataset"] == {
+        "name": "tiny_happysad",
+        "config": "faces",
+        "version": "1.0.0",
+        "splits": {"train": 16, "validation": 4, "test": 4},
+    }
+    assert card["code_version"] == {"happysad": "0.1.0", "git_commit": "f00"}
+    assert card["export_code_version"]["happysad"] == pipeline.__version__
     assert card["lineage"] == {"train": {"record": "W/train/record.json"}}
     assert card["metrics"]["accuracy"] == 0.9 and card["metrics"]["split"] == "test"
     assert card["blessing"]["blessed"] is True and card["model_sha256"] == sha256

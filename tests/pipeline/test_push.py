@@ -58,6 +58,8 @@ def test_blessed_model_is_pushed_as_the_next_version(tmp_path):
     assert result["blessed"] and not result["forced"]
     assert _files_under(str(base / "1")) == _files_under(model_dir)
     assert os.listdir(base) == ["1"]
+    # As readable as any folder made here: a model server running as another user can load it.
+    assert os.stat(base / "1").st_mode & 0o777 == os.stat(base).st_mode & 0o777
     second = push.run(push.PushConfig(model_dir=model_dir, serving_base=str(base)))
     assert second["version"] == 2 and push.list_versions(str(base)) == [1, 2]
 
