@@ -106,7 +106,7 @@ _FTYP_BRANDS = {
     b"msf1": "heic",
 }
 _SVG_PROBE_BYTES = 2048
-_GRAYSCALE_TOLERANCE = 3.0  # mean |R-G| + |G-B| below this (JPEG chroma noise) is grayscale
+_GRAYSCALE_TOLERANCE = 2.0  # mean |R-G| + |G-B| below this (JPEG chroma noise) is grayscale
 _FACE_DETECTION_SIDE = 512  # faces are found on a copy this size, then mapped back
 _DECODE_ERRORS = (
     OSError,
@@ -265,10 +265,7 @@ def clean_image_bytes(
     if reason:
         return None, info._replace(status=REJECTED, reason=reason)
     try:
-        picture.load()
-        if info.orientation != 1:
-            picture = ImageOps.exif_transpose(picture)
-        rgb = to_rgb(picture)
+        rgb = _decode(picture, data, info)
     except _DECODE_ERRORS:
         return None, info._replace(status=REJECTED, reason=CORRUPT)
     face = None
@@ -280,11 +277,9 @@ def clean_image_bytes(
         elif not options.keep_images_without_face:
             return None, info._replace(status=REJECTED, reason=NO_FACE, face=False)
     image = resize(rgb, options.image_size, options.resize_policy)
+    grayscale, brightness = colour_statistics(image)
     return image, info._replace(
-        status=ACCEPTED,
-        grayscale=is_grayscale(image),
-        brightness=brightness(image),
-        face=face,
+        status=ACCEPTED, grayscale=grayscale, brightness=brightness, face=face
     )
 
 
@@ -295,6 +290,73 @@ def _open_header(data: bytes, image_format: str) -> Image.Image:
         # DecompressionBombError beyond twice Image.MAX_IMAGE_PIXELS.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         return Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[image_format]])
+
+
+def _decode(picture: Image.Image, data: bytes, info: ImageInfo) -> np.ndarray:
+    """The full decode, as displayed (EXIF orientation applied), in 8-bit RGB.
+
+    Plain RGB and grayscale JPEGs, most of any scraped set, take OpenCV's decoder, twice as
+    fast as Pillow's; as cv2.imdecode fills a truncated file with grey, `jpeg_is_complete`
+    vets the data first. Everything else takes Pillow, which raises on truncated data.
+    """
+    if info.format == "jpeg" and info.mode in ("RGB", "L"):
+        if not jpeg_is_complete(data):
+            raise OSError("the JPEG data stops before its end-of-image marker")
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+        rgb = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+        if rgb is None:
+            raise OSError("OpenCV could not decode the JPEG")
+        return orient(rgb, info.orientation)
+    picture.load()
+    if info.orientation != 1:
+        picture = ImageOps.exif_transpose(picture)
+    return to_rgb(picture)
+
+
+def jpeg_is_complete(data: bytes) -> bool:
+    """Whether a JPEG's segments and entropy-coded scans run all the way to its EOI marker.
+
+    Walks the markers: segments are skipped by their length (so an EXIF thumbnail's own end
+    marker is never mistaken for the image's), and inside scans only stuffed 0xFF00 bytes and
+    restart markers are passed over. A download cut anywhere never reaches EOI.
+    """
+    position, length = 2, len(data)
+    while True:
+        position = data.find(b"\xff", position)
+        if position < 0 or position + 1 >= length:
+            return False
+        marker = data[position + 1]
+        if marker == 0xD9:  # EOI
+            return True
+        if marker in _MARKERS_WITHOUT_LENGTH:
+            position += 1 if marker == 0xFF else 2
+            continue
+        if position + 4 > length:
+            return False
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+
+
+# 0xFF00: a stuffed 0xFF in scan data; 0xD0-0xD7: restart markers; 0x01: TEM; 0xFFFF: fill.
+_MARKERS_WITHOUT_LENGTH = frozenset((0x00, 0x01, 0xFF, *range(0xD0, 0xD8)))
+
+
+# EXIF orientation -> the array operation that displays the image upright.
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(a, -1)[::-1],
+    8: lambda a: np.rot90(a),
+}
+
+
+def orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Applies an EXIF orientation (1-8) to an (height, width, 3) array, as exif_transpose."""
+    if orientation not in _ORIENTATIONS:
+        return image
+    return np.ascontiguousarray(_ORIENTATIONS[orientation](image))
 
 
 def header_size(data: bytes, image_format: str) -> tuple[int, int]:
@@ -398,20 +460,17 @@ def _to_8_bit(values: np.ndarray, mode: str) -> np.ndarray:
     return np.clip(np.nan_to_num(values * scale), 0, 255).round().astype(np.uint8)
 
 
-def brightness(image: np.ndarray) -> float:
-    """Mean pixel value (0..255) of an RGB image, from every fourth row and column."""
-    return round(float(image[::4, ::4].mean(dtype=np.float32)), 1)
+def colour_statistics(image: np.ndarray) -> tuple[bool, float]:
+    """(grayscale, brightness) of an RGB image, for the report's shortcut check.
 
-
-def is_grayscale(image: np.ndarray) -> bool:
-    """Whether an RGB image carries no colour (up to JPEG's chroma noise).
-
-    Looks at every fourth row and column: plenty for a mean, and 16 times cheaper.
+    grayscale: no colour up to JPEG's chroma noise; brightness: mean pixel value, 0..255.
+    Both from a 64 x 64 area-averaged copy: as good for a mean, and far cheaper.
     """
-    sample = np.ascontiguousarray(image[::4, ::4]).astype(np.int16)
-    red, green, blue = sample[..., 0], sample[..., 1], sample[..., 2]
+    small = cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA).astype(np.int16)
+    red, green, blue = small[..., 0], small[..., 1], small[..., 2]
     difference = np.abs(red - green) + np.abs(green - blue)
-    return float(difference.mean(dtype=np.float32)) < _GRAYSCALE_TOLERANCE
+    grayscale = float(difference.mean(dtype=np.float32)) < _GRAYSCALE_TOLERANCE
+    return grayscale, round(float(small.mean(dtype=np.float32)), 1)
 
 
 def resize(image: np.ndarray, size: int = IMAGE_SIZE, policy: str = "stretch") -> np.ndarray:

@@ -13,6 +13,7 @@ same two transforms.
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import logging
@@ -139,7 +140,7 @@ def read_bytes(source: schema.SourceImage, max_bytes: int) -> tuple[bytes | None
     if source.data is not None:
         return source.data, ""
     try:
-        with FileSystems.open(
+        with _filesystem(source.path).open(
             source.path, compression_type=filesystem.CompressionTypes.UNCOMPRESSED
         ) as stream:
             data = stream.read(max_bytes + 1)
@@ -149,6 +150,16 @@ def read_bytes(source: schema.SourceImage, max_bytes: int) -> tuple[bytes | None
     if len(data) > max_bytes:
         return None, imaging.TOO_LARGE
     return data, ""
+
+
+@functools.cache
+def _filesystem_for_scheme(scheme: str | None) -> filesystem.FileSystem:
+    return FileSystems.get_filesystem("/" if scheme is None else f"{scheme}://")
+
+
+def _filesystem(path: str) -> filesystem.FileSystem:
+    """The Beam filesystem of a path, looked up once per scheme (the lookup is not cheap)."""
+    return _filesystem_for_scheme(FileSystems.get_scheme(path))
 
 
 def sha256_hex(data: bytes) -> str:
@@ -273,8 +284,14 @@ class ValidateImage(beam.DoFn):
         return beam.pvalue.TaggedOutput(self.REJECTED, manifest_row(source, info, sha256, "", size))
 
 
+@functools.cache
+def _counter(name: str):
+    return beam.metrics.Metrics.counter(_METRICS_NAMESPACE, name)
+
+
 def _count(name: str) -> None:
-    beam.metrics.Metrics.counter(_METRICS_NAMESPACE, name).inc()
+    """Adds one to a Beam counter (shown by runners like Dataflow, and in the result's metrics)."""
+    _counter(name).inc()
 
 
 class CleanImages(beam.PTransform):
