@@ -12,7 +12,7 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from pipeline import imaging
 
@@ -223,6 +223,53 @@ def test_exif_orientation_is_applied():
     top, bottom = image[20, 128].astype(int), image[235, 128].astype(int)
     assert top[0] > 200 and top[2] < 60
     assert bottom[2] > 200 and bottom[0] < 60
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orient_matches_pillow_exif_transpose(orientation):
+    array = photo(50, 30)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored = Image.open(io.BytesIO(encode(array, "PNG", exif=exif.tobytes())))
+    expected = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))
+    assert np.array_equal(imaging.orient(array, orientation), expected)
+
+
+def test_jpeg_is_complete_only_up_to_the_end_marker():
+    thumbnail_exif = Image.Exif()
+    thumbnail_exif[0x0112] = 1
+    plain = encode(photo(200, 150), "JPEG")
+    progressive = encode(photo(200, 150), "JPEG", progressive=True, quality=80)
+    with_restarts = encode(photo(200, 150), "JPEG", restart_marker_blocks=2)
+    for data in (plain, progressive, with_restarts):
+        assert imaging.jpeg_is_complete(data)
+        assert imaging.jpeg_is_complete(data + b"trailing bytes after the end")
+        for cut in (0.3, 0.6, 0.95, 0.999):
+            assert not imaging.jpeg_is_complete(data[: int(len(data) * cut)])
+        assert not imaging.jpeg_is_complete(data[:-2])
+
+
+def test_a_thumbnail_end_marker_does_not_hide_a_truncated_photo():
+    # An EXIF APP1 segment holding a complete JPEG thumbnail, hence its own FFD9 marker.
+    thumbnail = encode(photo(40, 30), "JPEG")
+    app1 = b"Exif\x00\x00" + b"II*\x00\x08\x00\x00\x00\x00\x00" + thumbnail
+    main = encode(photo(200, 150), "JPEG")
+    data = main[:2] + b"\xff\xe1" + (len(app1) + 2).to_bytes(2, "big") + app1 + main[2:]
+    assert verdict(data)[0] == imaging.ACCEPTED
+    assert verdict(data[: len(data) // 2]) == (imaging.REJECTED, imaging.CORRUPT)
+
+
+def test_opencv_and_pillow_decode_jpegs_alike():
+    for data in (encode(photo(200, 150), "JPEG"), encode(photo(200, 150)[:, :, 0], "JPEG")):
+        image = cleaned(data)  # OpenCV's path: plain RGB or grayscale JPEG
+        picture = Image.open(io.BytesIO(data))
+        expected = imaging.resize(imaging.to_rgb(picture), 256)
+        assert np.abs(image.astype(int) - expected).mean() < 0.5
+
+
+def test_progressive_jpeg_is_accepted():
+    data = encode(photo(200, 150), "JPEG", progressive=True)
+    assert verdict(data) == (imaging.ACCEPTED, "")
 
 
 def test_grayscale_becomes_three_equal_channels():
