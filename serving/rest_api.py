@@ -12,6 +12,7 @@ HTTP status TF Serving maps its error code to; no stack trace ever reaches a cli
 """
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import re
@@ -73,34 +74,9 @@ class RestApi:
 
     async def handle_api(self, request: web.Request) -> web.Response:
         started = time.perf_counter()
-        api = "unknown"
-        model_name = ""
+        call = _Call()
         try:
-            if request.method == "POST":
-                match = PREDICTION_PATH.fullmatch(request.path)
-                if match is None:
-                    raise _malformed(request)
-                model_name, version_text, label, api = match.groups()
-                api = api.lower()
-                version = _version(version_text, label)
-                body = await self._read_body(request)
-                answer = await self._predict_classify_regress(api, model_name, version, body)
-            elif request.method == "GET":
-                match = STATUS_PATH.fullmatch(request.path)
-                if match is None:
-                    raise _malformed(request)
-                model_name, version_text, label, subresource = match.groups()
-                if not model_name:
-                    raise status.invalid_argument("Missing model name in request.")
-                version = _version(version_text, label)
-                if subresource:
-                    api = "metadata"
-                    answer = orjson.dumps(self._servable(model_name, version).metadata())
-                else:
-                    api = "status"
-                    answer = orjson.dumps(self.manager.status(model_name, version))
-            else:
-                raise _malformed(request)
+            answer = await self._answer(request, call)
             response = web.Response(body=answer, content_type=JSON_CONTENT_TYPE)
             outcome = status.Code.OK
         except status.ServingError as error:
@@ -112,15 +88,38 @@ class RestApi:
             )
             response, outcome = _error_response(failure), failure.code
         # Only the served name becomes a label: arbitrary URLs must not grow the metrics.
-        label = model_name if model_name == self.manager.model_name else ""
+        label = call.model_name if call.model_name == self.manager.model_name else ""
         self.metrics.request_count.inc(model_name=label, status=outcome.name)
         self.metrics.request_latency.observe(
-            (time.perf_counter() - started) * 1e6,
-            model_name=label,
-            API=api,
-            entrypoint="REST",
+            (time.perf_counter() - started) * 1e6, model_name=label, API=call.api, entrypoint="REST"
         )
         return response
+
+    async def _answer(self, request: web.Request, call: "_Call") -> bytes:
+        """The JSON answer of one API call (TF Serving's dispatch: method, then path)."""
+        if request.method == "POST":
+            match = PREDICTION_PATH.fullmatch(request.path)
+            if match is None:
+                raise _malformed(request)
+            call.model_name, version_text, label, api = match.groups()
+            call.api = api.lower()
+            version = _version(version_text, label)
+            body = await self._read_body(request)
+            return await self._predict_classify_regress(call.api, call.model_name, version, body)
+        if request.method == "GET":
+            match = STATUS_PATH.fullmatch(request.path)
+            if match is None:
+                raise _malformed(request)
+            call.model_name, version_text, label, subresource = match.groups()
+            if not call.model_name:
+                raise status.invalid_argument("Missing model name in request.")
+            version = _version(version_text, label)
+            if subresource:
+                call.api = "metadata"
+                return orjson.dumps(self._servable(call.model_name, version).metadata())
+            call.api = "status"
+            return orjson.dumps(self.manager.status(call.model_name, version))
+        raise _malformed(request)
 
     async def _read_body(self, request: web.Request) -> bytes:
         length = request.content_length
@@ -238,6 +237,14 @@ class RestApi:
 
     async def handle_health(self, request: web.Request) -> web.Response:
         return web.Response(body=b'{"status": "ok"}', content_type=JSON_CONTENT_TYPE)
+
+
+@dataclasses.dataclass
+class _Call:
+    """What a request turned out to be, for its metrics."""
+
+    api: str = "unknown"
+    model_name: str = ""
 
 
 def _one_by_one(function):

@@ -69,6 +69,7 @@ class Servable:
         self.signature_defs = read_signature_defs(path)
         self._loaded = tf.saved_model.load(path, tags=[SERVE_TAG])
         self._functions = dict(self._loaded.signatures)
+        self._metadata: dict | None = None
 
     # -- signatures ----------------------------------------------------------------------
 
@@ -228,7 +229,12 @@ class Servable:
     # -- metadata and warm-up ------------------------------------------------------------
 
     def metadata(self) -> dict:
-        """GetModelMetadataResponse as TF Serving's REST API writes it."""
+        """GetModelMetadataResponse as TF Serving's REST API writes it (computed once)."""
+        if self._metadata is None:
+            self._metadata = self._build_metadata()
+        return self._metadata
+
+    def _build_metadata(self) -> dict:
         signature_map = get_model_metadata_pb2.SignatureDefMap()
         for key, signature in self.signature_defs.items():
             signature_map.signature_def[key].CopyFrom(signature)

@@ -110,9 +110,10 @@ class ServeConfig:
         metadata={"help": "most items in one batch", "flags": ("--max_batch_size",)},
     )
     batch_timeout_micros: int = dataclasses.field(
-        default=1000,
+        default=0,
         metadata={
-            "help": "longest a request waits for others to fill its batch",
+            "help": "longest a batch waits for more requests while a batch thread is free "
+            "(0, TF Serving's default: batches fill only while every thread is busy)",
             "flags": ("--batch_timeout_micros",),
         },
     )
