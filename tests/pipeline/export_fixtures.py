@@ -83,7 +83,17 @@ def encoded_samples() -> dict[str, bytes]:
         "grayscale_jpeg_131x97": encode(photo_like(6, 131, 97), "JPEG", "L", quality=85),
         "grayscale_png_200x300": encode(photo_like(7, 200, 300), "PNG", "L"),
         "rgba_png_300x300": encode(_with_alpha(photo_like(8, 300, 300), 8), "PNG", "RGBA"),
+        "grayscale_alpha_png_150x200": encode(_with_alpha(photo_like(9, 150, 200), 9), "PNG", "LA"),
+        "palette_png_transparent_260x240": _palette_png(photo_like(10, 260, 240)),
     }
+
+
+def _palette_png(image: np.ndarray) -> bytes:
+    """A 64-colour palette PNG whose first colour is transparent (tRNS), as GIF-era files are."""
+    buffer = io.BytesIO()
+    picture = Image.fromarray(image).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+    picture.save(buffer, format="PNG", transparency=0)
+    return buffer.getvalue()
 
 
 def spatial_model(calibration: np.ndarray, seed: int = 0) -> keras.Model:
