@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import export_fixtures
 import keras
@@ -16,7 +17,7 @@ from PIL import Image, ImageOps
 from tensorflow.core.protobuf import saved_model_pb2
 
 import pipeline
-from pipeline import errors, evaluate, export, imaging
+from pipeline import errors, evaluate, export, imaging, push
 from serving import prediction_log
 
 OUTPUTS = {
@@ -360,3 +361,22 @@ def test_export_model_refuses_an_existing_directory(tmp_path):
     )
     with pytest.raises(ValueError, match="already exists"):
         export.export_model(model, str(tmp_path), 0.5, {}, [])
+
+
+def test_run_to_an_object_store_lands_saved_model_pb_last(train_dir, monkeypatch):
+    base = f"ram://exports-{uuid.uuid4().hex}"
+    copied = []
+    copy = tf.io.gfile.copy
+
+    def observed_copy(source, destination, overwrite=False):
+        copy(source, destination, overwrite)
+        copied.append(os.path.basename(destination))
+
+    monkeypatch.setattr(tf.io.gfile, "copy", observed_copy)
+    result = export.run(
+        export.ExportConfig(model_path=train_dir, export_base=base, warmup_images=1)
+    )
+    assert result["path"] == f"{base}/1" and push.list_versions(base) == [1]
+    assert copied[-1] == "saved_model.pb" and "tf_serving_warmup_requests" in copied
+    served = tf.saved_model.load(result["path"]).signatures["predict_images"]
+    assert served(images=tf.zeros([2, 256, 256, 3]))["class_id"].shape == (2,)
