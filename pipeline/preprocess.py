@@ -440,6 +440,22 @@ class WriteTFRecords(beam.PTransform):
         return written
 
 
+class WriteExamples(beam.PTransform):
+    """CleanImages -> OUT/tfrecords/<split>-*.tfrecord, and OUT/images/ PNGs if asked."""
+
+    def __init__(self, output: str, write_images: bool = True):
+        super().__init__()
+        self._output = output
+        self._write_images = write_images
+
+    def expand(self, images):
+        return (
+            images
+            | "EncodeExamples" >> beam.ParDo(EncodeExamples(self._output, self._write_images))
+            | "WriteTFRecords" >> WriteTFRecords(self._output)
+        )
+
+
 def manifest_csv(rows: list[dict]) -> bytes:
     """The manifest as CSV bytes, sorted by path, MANIFEST_COLUMNS in order."""
     text = io.StringIO()
@@ -519,11 +535,7 @@ def build_pipeline(root: beam.Pipeline, config: PreprocessConfig) -> None:
     else:
         sources = root | "ListLabelledFiles" >> ListLabelledFiles(config.input)
     cleaned = sources | "CleanImages" >> CleanImages(options)
-    _ = (
-        cleaned["accepted"]
-        | "EncodeExamples" >> beam.ParDo(EncodeExamples(config.output, config.write_images))
-        | "WriteTFRecords" >> WriteTFRecords(config.output)
-    )
+    _ = cleaned["accepted"] | "WriteExamples" >> WriteExamples(config.output, config.write_images)
     _ = cleaned["manifest"] | "WriteManifest" >> WriteManifest(config.output)
 
 
@@ -537,10 +549,10 @@ def run(config: PreprocessConfig) -> dict:
 
     if config.input is None and config.num_synthetic < 2:
         raise errors.UserError("--num-synthetic must be at least 2 (one face per label)")
+    root = beam.Pipeline(options=pipeline_options.PipelineOptions(list(config.beam_args)))
+    build_pipeline(root, config)  # lists the input: a wrong folder fails before anything is deleted
     _clear_previous_outputs(config.output)
-    options = pipeline_options.PipelineOptions(list(config.beam_args))
-    with beam.Pipeline(options=options) as root:
-        build_pipeline(root, config)
+    root.run().wait_until_finish()
     rows = read_manifest(config.output)
     summary = report.summarize(rows)
     summary["warnings"] = report.find_shortcuts(rows)

@@ -277,6 +277,52 @@ def test_clean_images_applies_its_options():
     run_clean_images(sources, options, check_accepted, check_rows)
 
 
+def test_writers_on_images_and_on_nothing(tmp_path):
+    import tensorflow as tf
+
+    image = np.zeros((256, 256, 3), np.uint8)
+    image[:, :, 0] = 200
+    clean = [
+        schema.CleanImage(
+            f"in/{label}/{index}.jpg", label, f"{index:064x}", split, image, 90, 80, "jpeg"
+        )
+        for index, (label, split) in enumerate(
+            [("happy", "train"), ("sad", "train"), ("sad", "test")]
+        )
+    ]
+    for name, images in (("some", clean), ("none", [])):
+        output = str(tmp_path / name)
+        rows = [
+            {column: "" for column in preprocess.MANIFEST_COLUMNS} | {"path": c.path}
+            for c in images
+        ]
+        with test_pipeline.TestPipeline() as pipeline:
+            _ = (
+                pipeline
+                | "CreateImages" >> beam.Create(images)
+                | preprocess.WriteExamples(output, write_images=True)
+            )
+            _ = (
+                pipeline
+                | "CreateRows" >> beam.Create(rows[::-1])
+                | preprocess.WriteManifest(output)
+            )
+        assert [row["path"] for row in preprocess.read_manifest(output)] == sorted(
+            c.path for c in images
+        )
+        for split in splits.SPLITS:
+            files = tf.io.gfile.glob(os.path.join(output, "tfrecords", f"{split}-*-of-*.tfrecord"))
+            assert files, split  # every split gets its file, even an empty one
+            records = list(tf.data.TFRecordDataset(files))
+            assert len(records) == sum(c.split == split for c in images)
+            for record in records:
+                example = tf.io.parse_single_example(record, preprocess.example_feature_spec())
+                decoded = tf.io.decode_png(example["image/encoded"]).numpy()
+                assert np.array_equal(decoded, image)  # lossless
+        pngs = [name for _, _, names in os.walk(output) for name in names if name.endswith(".png")]
+        assert len(pngs) == len(images)
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: a folder on disk through `run`, and the CLI.
 
@@ -376,10 +422,14 @@ def test_cli_replaces_previous_outputs_and_passes_beam_options(preprocessed, tmp
     assert not os.path.exists(os.path.join(output, "report.md"))
 
 
-def test_cli_reports_a_wrong_input_in_one_line(tmp_path, capsys):
+def test_cli_reports_a_wrong_input_in_one_line_and_keeps_previous_outputs(tmp_path, capsys):
+    previous = tmp_path / "out" / preprocess.MANIFEST_FILE
+    previous.parent.mkdir()
+    previous.write_text("path,label\n")
     argv = ["preprocess", "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]
     assert cli.main(argv) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert previous.exists()
 
 
 def test_run_on_synthetic_faces(tmp_path):
