@@ -8,8 +8,9 @@ Order of the checks, cheapest and safest first:
   1. the content's magic bytes decide the format (never the file name);
   2. the header alone gives the size, so an over-budget image (a decompression bomb) is
      rejected before a single pixel is decoded;
-  3. the full decode raises on truncated files (Pillow's LOAD_TRUNCATED_IMAGES stays False,
-     unlike cv2.imdecode, which fills the missing rows with grey);
+  3. truncated files are corrupt, never grey-filled: Pillow raises on them (its
+     LOAD_TRUNCATED_IMAGES stays False), and plain JPEGs, which OpenCV decodes twice as fast
+     but would silently complete with grey, must first pass a marker walk to their EOI;
   4. EXIF orientation, then conversion of any mode (palette, grayscale, alpha, CMYK, 16-bit)
      to 8-bit RGB, then the optional face crop and the resize.
 """
