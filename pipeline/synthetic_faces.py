@@ -28,7 +28,7 @@ SKIN_TONES = (
     (170, 114, 78),
     (141, 85, 56),
     (105, 63, 42),
-    (72, 44, 30),
+    (84, 54, 38),
 )
 HAIR_COLOURS = (
     (20, 17, 15),
@@ -69,10 +69,10 @@ def sample_expression(rng: np.random.Generator, label: str) -> Expression:
     the same generator afterwards) does not depend on it.
     """
     sign = 1.0 if schema.label_id(label) == 1 else -1.0
-    curve = rng.uniform(0.10, 0.24)
-    opening = rng.uniform(0.06, 0.16) if rng.random() < 0.35 else 0.0
-    raise_amount = rng.uniform(0.05, 0.13)
-    happy_brow = rng.uniform(-0.04, 0.02)
+    curve = rng.uniform(0.14, 0.28)
+    opening = rng.uniform(0.06, 0.16) if rng.random() < 0.3 else 0.0
+    raise_amount = rng.uniform(0.08, 0.16)
+    happy_brow = rng.uniform(-0.04, 0.0)
     return Expression(
         mouth_curve=sign * curve,
         mouth_open=opening,
@@ -162,12 +162,13 @@ def _blotches(rng: np.random.Generator, size: int) -> np.ndarray:
     """Low-frequency colour noise, like an out-of-focus room."""
     cells = int(rng.integers(3, 8))
     small = rng.uniform(20, 235, (cells, cells, 3))
+    small = _mix(small, small.mean(axis=2, keepdims=True), rng.uniform(0.2, 0.7))
     return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 def _clutter(rng: np.random.Generator, image: np.ndarray, size: int) -> None:
     """Random shapes: boxes, discs, poles and arcs of either curvature, so no shape is a cue."""
-    for _ in range(int(rng.integers(8, 30))):
+    for _ in range(int(rng.integers(6, 24))):
         colour = _colour(rng.uniform(0, 255, 3))
         kind = rng.integers(4)
         x, y = rng.uniform(-0.1, 1.1, 2) * size
@@ -252,12 +253,12 @@ def _sample_look(rng: np.random.Generator) -> _Look:
         eye_width=rng.uniform(0.15, 0.2),
         eye_open=rng.uniform(0.35, 0.6) if rng.random() > 0.05 else 0.08,
         iris=IRIS_COLOURS[rng.integers(len(IRIS_COLOURS))],
-        brow_thickness=rng.uniform(0.045, 0.09),
+        brow_thickness=rng.uniform(0.055, 0.1),
         brow_colour=_shade(hair_colour, rng.uniform(0.6, 1.0)),
         nose_length=rng.uniform(0.3, 0.42),
         mouth_y=rng.uniform(0.52, 0.62) * face_height,
-        mouth_width=rng.uniform(0.3, 0.42),
-        lip_colour=_mix(skin, (150, 50, 60), rng.uniform(0.3, 0.6)),
+        mouth_width=rng.uniform(0.34, 0.46),
+        lip_colour=_mix(skin, (175, 60, 70), rng.uniform(0.45, 0.75)),
         hair=("none", "short", "long", "bun")[rng.choice(4, p=(0.2, 0.4, 0.3, 0.1))],
         hair_colour=hair_colour,
         glasses=bool(rng.random() < 0.22),
@@ -399,10 +400,10 @@ def _draw_mouth(canvas: _Canvas, look: _Look, expression: Expression) -> None:
     left = np.array([-look.mouth_width, look.mouth_y - curve / 2])
     right = np.array([look.mouth_width, look.mouth_y - curve / 2])
     if opening <= 0:
-        top = _curve(left, right, curve - 0.07)
-        bottom = _curve(right, left, curve + 0.09)
+        top = _curve(left, right, curve - 0.08)
+        bottom = _curve(right, left, curve + 0.1)
         canvas.fill(np.concatenate([top, bottom]), look.lip_colour)
-        canvas.line(_curve(left, right, curve), _shade(look.lip_colour, 0.4), 0.045)
+        canvas.line(_curve(left, right, curve), (40, 14, 18), 0.06)
         return
     if curve > 0:  # a grin opens downwards and shows the upper teeth
         top_sag, bottom_sag = curve * 0.5, curve + 1.6 * opening
@@ -448,7 +449,7 @@ def _light(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     grid = np.linspace(-1, 1, size, dtype=np.float32)
     x, y = np.meshgrid(grid, grid)
     field = 1 + strength * (x * math.cos(angle) + y * math.sin(angle)) / 1.5
-    gain = rng.uniform(0.7, 1.25) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
+    gain = rng.uniform(0.8, 1.2) * rng.uniform(0.9, 1.1, 3).astype(np.float32)
     lit = image.astype(np.float32) * field[..., None] * gain
     return lit
 
@@ -476,10 +477,10 @@ def render_face(seed: int, label: str, size: int = IMAGE_SIZE) -> np.ndarray:
     expression = sample_expression(rng, label)
     look = _sample_look(rng)
     image = _background(rng, size)
-    scale = size * rng.uniform(0.19, 0.25)
-    centre = size * (0.5 + rng.uniform(-0.06, 0.06, 2))
+    scale = size * rng.uniform(0.2, 0.245)
+    centre = size * (0.5 + rng.uniform(-0.04, 0.04, 2))
     centre[1] -= scale * 0.1
-    angle = math.radians(rng.uniform(-14, 14))
+    angle = math.radians(rng.uniform(-10, 10))
     canvas = _Canvas(image, centre, scale, angle)
     _draw_hair_back(canvas, look)
     _draw_body(canvas, look)
