@@ -103,6 +103,7 @@ class ModelManager:
         self._poll_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._warned_empty = False
 
     # -- what requests see ---------------------------------------------------------------
 
@@ -188,12 +189,13 @@ class ModelManager:
         with self._poll_lock:
             on_disk = list_versions(self.base_path)
             aspired = self._aspired(on_disk)
-            if not on_disk and not self._states:
+            if not on_disk and not self._warned_empty:
                 logger.warning(
                     "No versions of servable %s found under base path %s",
                     self.model_name,
                     self.base_path,
                 )
+            self._warned_empty = not on_disk  # once per empty spell, not once per poll
             for version in aspired:
                 self._load_if_needed(version)
             with self._lock:
