@@ -9,6 +9,8 @@ INSTALL_REQUIRES = [
     "mlcroissant>=1.0",
     "importlib_resources>=6",
     "apache-beam>=2.77,<3",
+    # Beam's WriteToTFRecord needs a CRC32C implementation.
+    "google-crc32c>=1.5,<2",
     "keras>=3.13,<4",
     "keras-tuner>=1.4.7,<2",
     # 4.x wheels ship the Haar cascades under cv2.data; 5.x wheels do not.
@@ -18,6 +20,8 @@ INSTALL_REQUIRES = [
     "pandas>=2.2",
     "matplotlib>=3.9",
     "tqdm>=4.66",
+    # PredictionLog protos for TF Serving's warm-up files.
+    "tensorflow-serving-api>=2.21,<2.22",
     "aiohttp>=3.10,<4",
     "orjson>=3.10",
 ]
