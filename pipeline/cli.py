@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -117,9 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     name, stage_argv = argv[0], argv[1:]
     stage = STAGES[name]
 
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     module = importlib.import_module(stage.module)
     config_class = getattr(module, stage.config_class)
     parser = _stage_parser(name, config_class)
+    stage_argv = flags.normalize_bool_values(config_class, stage_argv)
     if flags.passthrough_field(config_class):
         namespace, extra = parser.parse_known_args(stage_argv)
     else:

@@ -69,7 +69,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) ->
         required = field.default is dataclasses.MISSING and (
             field.default_factory is dataclasses.MISSING
         )
-        help_text = field.metadata.get("help", "") + _default_text(field)
+        # argparse %-formats help texts: a literal % (e.g. "train[:80%]") must be doubled.
+        help_text = (field.metadata.get("help", "") + _default_text(field)).replace("%", "%%")
         kwargs: dict[str, Any] = {"help": help_text, "dest": field.name}
         if "choices" in field.metadata:
             kwargs["choices"] = list(field.metadata["choices"])
@@ -94,6 +95,28 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) ->
             kwargs["type"] = _none_or(kwargs["type"])
         parser.add_argument(*_flag_names(field), **kwargs)
     parser.set_defaults(**_field_defaults(config_class))
+
+
+def normalize_bool_values(config_class: type, argv: Sequence[str]) -> list[str]:
+    """Rewrites --flag=true/false (TF Serving's and Beam's spelling) as --flag / --no-flag."""
+    hints = typing.get_type_hints(config_class)
+    names = {
+        name: field
+        for field in dataclasses.fields(config_class)
+        if _unwrap_optional(hints[field.name])[0] is bool
+        for name in _flag_names(field)
+    }
+    rewritten = []
+    for argument in argv:
+        name, equals, value = argument.partition("=")
+        if equals and name in names:
+            lowered = value.strip().lower()
+            if lowered in ("true", "1", "yes"):
+                argument = name
+            elif lowered in ("false", "0", "no"):
+                argument = "--no-" + name[2:]
+        rewritten.append(argument)
+    return rewritten
 
 
 def _none_or(convert):
