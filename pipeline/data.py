@@ -70,13 +70,25 @@ def load_examples(
     pixels); `load_split` is the one to train and evaluate on.
     """
     dataset_builder = builder(dataset, data_dir)
-    if split not in dataset_builder.info.splits:
-        known = ", ".join(sorted(dataset_builder.info.splits))
-        raise errors.UserError(f"dataset {dataset!r} has no split {split!r} (it has: {known})")
+    _check_split(dataset, dataset_builder, split)
     read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
     return dataset_builder.as_dataset(
         split=split, shuffle_files=shuffle_files, read_config=read_config
     )
+
+
+def split_names(split: str) -> list[str]:
+    """The named splits a TFDS split expression reads: "train[:80%]+validation" -> both."""
+    return [part.split("[")[0].strip() for part in split.split("+")]
+
+
+def _check_split(dataset: str, dataset_builder: tfds.core.DatasetBuilder, split: str) -> None:
+    known = dataset_builder.info.splits
+    for name in split_names(split):
+        if name not in known:
+            raise errors.UserError(
+                f"dataset {dataset!r} has no split {name!r} (it has: {', '.join(sorted(known))})"
+            )
 
 
 def scale_images(images: tf.Tensor) -> tf.Tensor:
@@ -123,6 +135,7 @@ def load_split(
 def label_counts(dataset: str, split: str, data_dir: str | None = None) -> dict[int, int]:
     """How many examples of each class id the split holds (images are not decoded)."""
     dataset_builder = builder(dataset, data_dir)
+    _check_split(dataset, dataset_builder, split)
     labels = dataset_builder.as_dataset(
         split=split, decoders={IMAGE_KEY: tfds.decode.SkipDecoding()}
     ).map(lambda features: features[LABEL_KEY], num_parallel_calls=AUTOTUNE)
