@@ -49,7 +49,8 @@ class BuildConfig(imaging.CleaningOptions):
         metadata={"help": "with --config synthetic: how many faces to render (default: 2000)"},
     )
     seed: int = dataclasses.field(
-        default=0, metadata={"help": "with --config synthetic: the renderer's seed"}
+        default=0,
+        metadata={"help": "with --config synthetic: the renderer's seed (folder ignores it)"},
     )
     overwrite: bool = dataclasses.field(
         default=False,
@@ -79,8 +80,11 @@ def run(config: BuildConfig) -> dict:
     builder_config = _builder_config(config)
     builder = happysad_tfds.Builder(config=builder_config, data_dir=config.data_dir)
     reused = builder.is_prepared() and not config.overwrite
+    manual_dir = config.manual_dir
+    if manual_dir is not None and "://" not in manual_dir:
+        manual_dir = os.path.abspath(manual_dir)  # Beam workers may not share our cwd
     download_config = tfds.download.DownloadConfig(
-        manual_dir=config.manual_dir,
+        manual_dir=manual_dir,
         beam_options=_beam_options(config.beam_args),
         download_mode=(
             tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
@@ -88,7 +92,8 @@ def run(config: BuildConfig) -> dict:
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
         ),
     )
-    logging.info("Building %s/%s into %s", DATASET_NAME, builder_config.name, builder.data_dir)
+    action = "Reusing" if reused else "Building"
+    logging.info("%s %s/%s in %s", action, DATASET_NAME, builder_config.name, builder.data_dir)
     try:
         builder.download_and_prepare(download_config=download_config)
     except errors.UserError:
@@ -109,8 +114,6 @@ def _builder_config(config: BuildConfig):
         raise errors.UserError("--manual-dir only applies to --config folder")
     if config.config == "folder" and config.num_images is not None:
         raise errors.UserError("--num-images only applies to --config synthetic")
-    if config.config == "folder" and config.seed:
-        raise errors.UserError("--seed only applies to --config synthetic")
     if config.manual_dir is not None and "://" not in config.manual_dir:
         if not os.path.isdir(config.manual_dir):
             raise errors.UserError(
