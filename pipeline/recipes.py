@@ -19,6 +19,8 @@ _SEED = {
     "filters": 16,
     "dense_units": 256,
     "backbone_weights": "pretrained",
+    "head_epochs": 0,
+    "head_learning_rate": 1e-3,
     "fine_tune": True,
     "center_crop": 1.0,
     "flip_average": False,

