@@ -30,6 +30,8 @@ EXTRAS_REQUIRE = {
     "test": [
         "pytest>=8",
         "pytest-timeout>=2.3",
+        # tfds.testing (DatasetBuilderTestCase) imports it.
+        "dill>=0.3.8,<0.5",
         "ruff>=0.6",
     ],
     "bench": [

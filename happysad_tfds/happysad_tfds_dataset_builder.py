@@ -10,6 +10,8 @@ import tensorflow_datasets as tfds
 
 from pipeline import errors, imaging, preprocess, schema, splits, synthetic_faces
 
+logger = logging.getLogger(__name__)
+
 _LABELS = list(schema.LABELS)  # ['sad', 'happy']: class 0 is sad, 1 is happy.
 SOURCES = ("synthetic", "folder")
 DEFAULT_NUM_IMAGES = 2000
@@ -234,7 +236,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         self.info.metadata["class_counts"] = class_counts
         self.info.metadata["cleaning"] = dict(sorted(cleaning.items()))
         self.info.metadata["cleaning_options"] = dataclasses.asdict(self.builder_config.cleaning)
-        logging.info("Examples per split and label: %s; cleaning: %s", class_counts, cleaning)
+        logger.info("Examples per split and label: %s; cleaning: %s", class_counts, cleaning)
 
 
 def _manual_dir(dl_manager: tfds.download.DownloadManager) -> str:
@@ -324,7 +326,7 @@ def _counters(pipeline_result) -> dict[tuple[str, str], int]:
     try:
         query = pipeline_result.metrics().query()
     except Exception as error:  # noqa: BLE001 - some runners do not report metrics
-        logging.warning("The runner reported no metrics (%s): no class counts in metadata", error)
+        logger.warning("The runner reported no metrics (%s): no class counts in metadata", error)
         return {}
     counters = {}
     for result in query["counters"]:

@@ -16,6 +16,8 @@ import re
 
 from pipeline import errors, imaging, splits
 
+logger = logging.getLogger(__name__)
+
 SOURCES = ("synthetic", "folder")
 DATASET_NAME = "happysad_tfds"
 
@@ -93,7 +95,7 @@ def run(config: BuildConfig) -> dict:
         ),
     )
     action = "Reusing" if reused else "Building"
-    logging.info("%s %s/%s in %s", action, DATASET_NAME, builder_config.name, builder.data_dir)
+    logger.info("%s %s/%s in %s", action, DATASET_NAME, builder_config.name, builder.data_dir)
     try:
         builder.download_and_prepare(download_config=download_config)
     except errors.UserError:

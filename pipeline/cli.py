@@ -107,6 +107,30 @@ def _stage_parser(name: str, config_class: type) -> argparse.ArgumentParser:
     return parser
 
 
+# Our packages report progress at INFO; libraries (Beam, TF, absl) only warnings and errors.
+OWN_LOGGERS = ("pipeline", "serving", "happysad_tfds")
+
+
+# Beam warns about its optional GCP client on import, on every command; it is not ours to fix.
+_IGNORED_WARNINGS = ("apitools not found",)
+
+
+def _configure_logging() -> None:
+    """Called before the stage module is imported, so import-time warnings get our format."""
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(
+            lambda record: not any(text in record.getMessage() for text in _IGNORED_WARNINGS)
+        )
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `happysad` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -119,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage = STAGES[name]
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    _configure_logging()
     module = importlib.import_module(stage.module)
     config_class = getattr(module, stage.config_class)
     parser = _stage_parser(name, config_class)
@@ -128,7 +153,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         namespace, extra = parser.parse_args(stage_argv), []
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = flags.config_from_args(config_class, namespace, extra)
         result = getattr(module, stage.entry_point)(config)

@@ -29,6 +29,8 @@ from apache_beam.options import pipeline_options
 
 from pipeline import errors, imaging, schema, splits
 
+logger = logging.getLogger(__name__)
+
 # The manifest: one row per input file, in this column order.
 MANIFEST_COLUMNS = (
     "path",
@@ -76,7 +78,7 @@ class ListLabelledFiles(beam.PTransform):
 
     def expand(self, pbegin):
         sources = list_labelled_files(self._root)
-        logging.info("Found %d files under %s", len(sources), self._root)
+        logger.info("Found %d files under %s", len(sources), self._root)
         return pbegin | "CreateSources" >> beam.Create(sources)
 
 
@@ -115,7 +117,7 @@ def _list_local_files(folder: str) -> list[str]:
             if os.path.isfile(path) or (os.path.islink(path) and not os.path.exists(path)):
                 paths.append(path)
             else:
-                logging.warning("Skipping %s: not a regular file", path)
+                logger.warning("Skipping %s: not a regular file", path)
     return sorted(paths)
 
 
@@ -145,7 +147,7 @@ def read_bytes(source: schema.SourceImage, max_bytes: int) -> tuple[bytes | None
         ) as stream:
             data = stream.read(max_bytes + 1)
     except Exception as error:  # noqa: BLE001 - any failure to read is the file's verdict
-        logging.warning("Cannot read %s: %s", source.path, error)
+        logger.warning("Cannot read %s: %s", source.path, error)
         return None, imaging.UNREADABLE
     if len(data) > max_bytes:
         return None, imaging.TOO_LARGE
@@ -566,11 +568,11 @@ def run(config: PreprocessConfig) -> dict:
     if config.report:
         summary["outputs"]["report"] = report.write_report(config.output, rows, summary)
     for warning in summary["warnings"]:
-        logging.warning("Shortcut: %s", warning)
+        logger.warning("Shortcut: %s", warning)
     write_atomically(
         FileSystems.join(config.output, SUMMARY_FILE), report.summary_json(summary).encode()
     )
-    logging.info("Preprocessed %d files: %s", summary["input_files"], summary["status"])
+    logger.info("Preprocessed %d files: %s", summary["input_files"], summary["status"])
     return summary
 
 
@@ -587,5 +589,5 @@ def _clear_previous_outputs(output: str) -> None:
             matches = FileSystems.match([path, path + "/**"])
             stale = [meta.path for match in matches for meta in match.metadata_list]
         if stale:
-            logging.info("Replacing %s", path)
+            logger.info("Replacing %s", path)
             FileSystems.delete(stale)

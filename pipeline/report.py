@@ -15,6 +15,8 @@ from matplotlib import pyplot, ticker  # noqa: E402
 
 from pipeline import imaging, preprocess, schema, splits  # noqa: E402
 
+logger = logging.getLogger(__name__)
+
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
 
@@ -184,7 +186,7 @@ def write_report(output: str, rows: list[dict], summary: dict) -> str:
         _save(figure, preprocess.FileSystems.join(output, PLOTS_DIR, f"{name}.png"))
     path = preprocess.FileSystems.join(output, REPORT_FILE)
     preprocess.write_atomically(path, render_markdown(summary).encode("utf-8"))
-    logging.info("Wrote the report to %s", path)
+    logger.info("Wrote the report to %s", path)
     return path
 
 
