@@ -13,7 +13,6 @@ import argparse
 import collections
 import dataclasses
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -252,14 +251,12 @@ def run(config: CrossvalConfig) -> dict:
         "people": len(set(faces.people)),
         "folds": config.folds,
         "seed": config.seed,
-        "results": [
-            evaluate_recipe(faces, folds, _recipe_config(config, recipe))
-            for recipe in config.recipes
-        ],
+        "results": [],
     }
-    if config.output:
-        with open(config.output, "w", encoding="utf-8") as file:
-            json.dump(results, file, indent=2)
+    for recipe in config.recipes:
+        results["results"].append(evaluate_recipe(faces, folds, _recipe_config(config, recipe)))
+        if config.output:  # after every recipe: a long comparison shows what it has so far
+            train.write_json(config.output, results)
     return results
 
 
@@ -268,7 +265,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.crossval", description=__doc__)
     flags.add_config_arguments(parser, CrossvalConfig)
     namespace = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
     try:
         results = run(flags.config_from_args(CrossvalConfig, namespace))
     except (errors.UserError, ValueError) as error:

@@ -208,16 +208,22 @@ def fit(
     callbacks: list | None = None,
     class_weight: dict | None = None,
     verbose="auto",
-) -> keras.Model:
-    """Trains `model` through the config's schedule from `initial_epoch`; also used by crossval.
+) -> keras.callbacks.History:
+    """Trains `model` through the config's schedule from `initial_epoch`.
 
-    Stops at the first phase whose training set model.stop_training (early stopping).
+    The one training loop of `happysad train`, `happysad tune` and crossval. Stops after a
+    phase in which a callback set model.stop_training (early stopping).
+
+    Returns:
+        One History for all phases, as a single model.fit would return it.
     """
+    history = keras.callbacks.History()
+    history.history, history.epoch = {}, []
     for phase in schedule(config):
         if initial_epoch >= phase.end:
             continue
         _enter_phase(model, config, phase)
-        model.fit(
+        phase_history = model.fit(
             train_batches,
             validation_data=validation_batches,
             epochs=phase.end,
@@ -226,9 +232,13 @@ def fit(
             callbacks=callbacks,
             verbose=verbose,
         )
+        history.epoch += phase_history.epoch
+        for name, values in phase_history.history.items():
+            history.history.setdefault(name, []).extend(values)
         if model.stop_training:
             break
-    return model
+    history.set_model(model)
+    return history
 
 
 def _fingerprint(config: TrainConfig) -> str:
@@ -254,7 +264,7 @@ def _write_aside(path: str, write) -> None:
             os.remove(temporary)
 
 
-def _write_json(path: str, value: dict) -> None:
+def write_json(path: str, value: dict) -> None:
     def write(temporary):
         with open(temporary, "w", encoding="utf-8") as file:
             json.dump(value, file, indent=2, sort_keys=True, default=str)
@@ -298,7 +308,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             )
         self.state["epoch"] = epoch + 1
         _save_model(self.model, os.path.join(self.directory, LAST_CHECKPOINT))
-        _write_json(os.path.join(self.directory, STATE_FILE), self.state)
+        write_json(os.path.join(self.directory, STATE_FILE), self.state)
 
 
 def _read_state(checkpoints: str, fingerprint: str) -> dict | None:
@@ -387,6 +397,12 @@ def _code_version() -> dict:
     return version
 
 
+def has_validation(config: TrainConfig) -> bool:
+    """Whether the config's validation split exists and holds examples."""
+    description = data.describe(config.dataset, config.data_dir)
+    return _has_split(description, config.validation_split)
+
+
 def _has_split(description: dict, split: str | None) -> bool:
     if not split:
         return False
@@ -456,7 +472,7 @@ def run(config: TrainConfig) -> dict:
         "code_version": _code_version(),
         "model_parameters": model.count_params(),
     }
-    _write_json(os.path.join(output_dir, PARAMS_FILE), params)
+    write_json(os.path.join(output_dir, PARAMS_FILE), params)
 
     if resumed_from < config.epochs and not state.get("stopped_early"):
         train_batches = data.load_split(
@@ -501,7 +517,7 @@ def run(config: TrainConfig) -> dict:
         model_epoch=model_epoch,
         final_metrics=metrics,
     )
-    _write_json(os.path.join(output_dir, PARAMS_FILE), params)
+    write_json(os.path.join(output_dir, PARAMS_FILE), params)
     return {
         "model": model_path,
         "recipe": config.recipe,

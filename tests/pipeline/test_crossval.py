@@ -65,7 +65,14 @@ def test_a_recipe_is_scored_on_held_out_people(faces_dir):
     faces = crossval.load_faces(faces_dir)
     folds = crossval.person_folds(faces.labels, faces.people, 3, seed=0)
     config = recipes.train_config(
-        "seed", output_dir="", epochs=3, batch_size=4, filters=4, dense_units=8, xla=False
+        "seed",
+        output_dir="",
+        epochs=5,
+        batch_size=4,
+        filters=8,
+        dense_units=32,
+        learning_rate=3e-4,
+        xla=False,
     )
     result = crossval.evaluate_recipe(faces, folds, config)
     assert result["fold_sizes"] == [8, 8, 8] and len(result["fold_accuracies"]) == 3

