@@ -12,6 +12,8 @@ INSTALL_REQUIRES = [
     # Beam's WriteToTFRecord needs a CRC32C implementation.
     "google-crc32c>=1.5,<2",
     "keras>=3.13,<4",
+    # The Keras TensorBoard callback needs it; tensorflow no longer pulls it in.
+    "tensorboard>=2.21,<2.22",
     "keras-tuner>=1.4.7,<2",
     # 4.x wheels ship the Haar cascades under cv2.data; 5.x wheels do not.
     "opencv-python-headless>=4.10,<5",
