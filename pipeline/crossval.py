@@ -166,6 +166,7 @@ def _train_fold(faces: Faces, train_rows: np.ndarray, config: train.TrainConfig)
     inner = np.array([splits.assign_split(sha, _INNER_FRACTIONS) for sha in faces.sha256])
     fit_rows = train_rows & (inner != "validation")
     validation_rows = train_rows & (inner == "validation")
+    config = train.adapt_to_data(config, int(fit_rows.sum()))
     model = models.build_model(train.model_options(config), seed=config.seed)
     counts = dict(collections.Counter(faces.labels[fit_rows].tolist()))
     balanced = len(set(counts.values())) == 1

@@ -153,28 +153,32 @@ def _seed_cnn_body(options: ModelOptions, augment: keras.Layer | None) -> keras.
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class Calibration(layers.Layer):
-    """scale * logit + bias, starting as the identity (Platt scaling of a pre-trained score)."""
+    """logit + bias: moves the decision threshold of a pre-trained score, starting at zero.
+
+    Only the bias, not a Platt scale too: on a few hundred faces one parameter is what the
+    cross-validation supports (see README), and the backbone's fine-tuning can rescale.
+    """
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
         self.bias = self.add_weight(shape=(), initializer="zeros", name="bias")
         self.built = True
 
     def call(self, logits):
-        return logits * self.scale + self.bias
+        return logits + self.bias
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
 
 def _fer_head(features: keras.KerasTensor) -> keras.KerasTensor:
-    """FER logits -> logit(happy) - logit(sad), then a trainable scale and bias.
+    """FER logits -> logit(happy) - logit(sad) + a learnt bias.
 
     A softmax over just {happy, sad} is sigmoid(logit_happy - logit_sad), so before any
     training the model is exactly the FER-2013 network used zero-shot. The contrast is fixed;
-    only its calibration is learnt in the head phase: two parameters cannot overfit a few
-    hundred faces, and they fix what matters most, the network's lean towards "sad".
+    only its bias is learnt in the head phase: one parameter cannot overfit a few hundred
+    faces, and it fixes what matters most, the network's lean towards "sad" on photos unlike
+    FER-2013's.
     """
     kernel = [[0.0] for _ in backbones.FER_CLASSES]
     kernel[backbones.FER_CLASSES.index("happy")] = [1.0]

@@ -67,7 +67,10 @@ class TrainConfig:
     )
     recipe: str = dataclasses.field(
         default=recipes.DEFAULT_RECIPE,
-        metadata={"help": "named set of hyperparameters", "choices": tuple(recipes.RECIPES)},
+        metadata={
+            "help": f"named set of hyperparameters: {', '.join(recipes.RECIPES)}",
+            "choices": tuple(recipes.RECIPES),
+        },
     )
     model: str | None = _recipe_field("architecture", choices=models.MODELS)
     epochs: int | None = _recipe_field("number of epochs")
@@ -89,6 +92,10 @@ class TrainConfig:
     fine_tune: bool | None = _recipe_field(
         "backbones: after the head epochs, train the backbone's weights too (at --learning-rate)"
     )
+    fine_tune_min_examples: int | None = _recipe_field(
+        "fine-tune only when the train split holds at least this many images; with fewer, "
+        "train the head alone for --head-epochs (0 = always fine-tune)"
+    )
     center_crop: float | None = _recipe_field(
         "backbones: keep this central fraction of the image (1 = all)"
     )
@@ -104,7 +111,7 @@ class TrainConfig:
     keep_best: bool | None = _recipe_field(
         "model.keras is the epoch with the lowest validation loss instead of the last"
     )
-    xla: bool | None = _recipe_field("compile steps with XLA (default: whenever every layer can)")
+    xla: bool | None = _recipe_field("compile steps with XLA (unset: Keras' choice)")
     seed: int = dataclasses.field(
         default=42, metadata={"help": "seed of weights, shuffling and augmentation"}
     )
@@ -155,6 +162,8 @@ def _validate(config: TrainConfig) -> None:
         raise errors.UserError("early stopping patience must be 0 (off) or more")
     if config.head_epochs < 0 or not config.head_learning_rate > 0:
         raise errors.UserError("head epochs must be 0 or more, and its learning rate positive")
+    if config.fine_tune_min_examples < 0:
+        raise errors.UserError("fine_tune_min_examples must be 0 or more")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +192,29 @@ def schedule(config: TrainConfig) -> list[Phase]:
     if head_end < config.epochs:
         phases.append(Phase(head_end, config.epochs, True, config.learning_rate))
     return phases
+
+
+def adapt_to_data(config: TrainConfig, train_examples: int) -> TrainConfig:
+    """The config for a train split of `train_examples` images.
+
+    Below fine_tune_min_examples, fine-tuning a backbone on a few hundred photos loses more to
+    overfitting than it gains (README: cross-validation); the head epochs alone are trained.
+    """
+    if (
+        config.model == "seed_cnn"
+        or not config.fine_tune
+        or train_examples >= config.fine_tune_min_examples
+    ):
+        return config
+    logger.info(
+        "%d training images < %d: training the head only, for %d epochs",
+        train_examples,
+        config.fine_tune_min_examples,
+        config.head_epochs,
+    )
+    return dataclasses.replace(
+        config, fine_tune=False, epochs=min(config.epochs, config.head_epochs or config.epochs)
+    )
 
 
 def _enter_phase(model: keras.Model, config: TrainConfig, phase: Phase) -> None:
@@ -457,6 +489,7 @@ def run(config: TrainConfig) -> dict:
     validate = _has_split(description, config.validation_split)
     monitor = "val_loss" if validate else "loss"
     counts = data.label_counts(config.dataset, config.train_split, config.data_dir)
+    config = adapt_to_data(config, sum(counts.values()))
     balanced = len(counts) < 2 or len(set(counts.values())) == 1
     class_weight = None if balanced or not config.class_weights else data.class_weights(counts)
 

@@ -189,9 +189,10 @@ def run(config: TuneConfig) -> dict:
         raise errors.UserError(f"dataset {base.dataset!r} has no validation split to tune on")
     os.makedirs(config.output_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
+    counts = data.label_counts(base.dataset, base.train_split, base.data_dir)
+    base = train.adapt_to_data(base, sum(counts.values()))
     hypermodel = FaceHyperModel(base)
     tuner = _tuner(config, hypermodel, base.epochs)
-    counts = data.label_counts(base.dataset, base.train_split, base.data_dir)
     class_weight = data.class_weights(counts) if base.class_weights else None
     tuner.search(
         data.load_split(

