@@ -5,8 +5,8 @@ Same images, same model (seed_cnn, batch 32), same process:
             `model.fit`: every epoch decodes and resizes every file again (the seed notebook).
   happysad  `pipeline.data.load_split` on the folder config of happysad_tfds (decoded once at
             build time, uint8 cached, shuffled, scaled per batch, prefetched) and
-            `pipeline.train.fit`, with XLA off (the trainer's choice on this CPU: see below)
-            and with XLA on (Keras' own default for this model).
+            `pipeline.train.fit`, with XLA off (the recipes' default: faster on CPU) and
+            with XLA on (Keras' own default for this model, which the seed baseline gets).
 Epochs take turns in rounds, so a neighbour's load on the shared cores slows all alike.
 Then the recommended model (FER-2013 transfer) is exported and its `serving_default`
 signature timed on JPEG bytes at batch 1 and 32.

@@ -28,7 +28,9 @@ _SEED = {
     "class_weights": False,
     "early_stopping_patience": 0,
     "keep_best": False,
-    "xla": None,
+    # XLA off: on CPU TensorFlow's own (oneDNN) kernels train seed_cnn faster than XLA's
+    # (benchmarks/bench_train.py); pass --xla on accelerators.
+    "xla": False,
 }
 
 RECIPES = {

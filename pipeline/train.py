@@ -263,6 +263,7 @@ def fit(
             class_weight=class_weight,
             callbacks=callbacks,
             verbose=verbose,
+            shuffle=False,  # tf.data already reshuffles every epoch
         )
         history.epoch += phase_history.epoch
         for name, values in phase_history.history.items():
