@@ -33,7 +33,7 @@ _IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
 
 @dataclasses.dataclass(frozen=True)
 class ModelOptions:
-    """What build_model needs; `pipeline.train.TrainConfig.model_options()` fills it in."""
+    """What build_model needs; `pipeline.train.model_options(config)` fills it in."""
 
     model: str = "seed_cnn"
     learning_rate: float = 1e-3

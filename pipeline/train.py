@@ -78,7 +78,9 @@ class TrainConfig:
     learning_rate: float | None = _recipe_field("Adam learning rate")
     augment: bool | None = _recipe_field("random flips/rotations/zoom/brightness in training")
     augment_strength: float | None = _recipe_field("scale of every augmentation (1 = standard)")
-    dropout: float | None = _recipe_field("dropout rate before the last layer (0 = none)")
+    dropout: float | None = _recipe_field(
+        "seed_cnn and keras.applications: dropout before the last layer (0 = none)"
+    )
     filters: int | None = _recipe_field("seed_cnn: filters of the first conv (then x2, x4)")
     dense_units: int | None = _recipe_field("seed_cnn: width of the hidden dense layer")
     backbone_weights: str | None = _recipe_field(
