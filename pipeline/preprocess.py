@@ -4,11 +4,11 @@
                                                                    └────► manifest row per input
 
 CleanImages reads every file twice, and that is on purpose: a first pass only hashes the bytes
-and groups the (small) hashes to find exact copies and label conflicts; the second pass
-validates and resizes each file with that verdict as a side input. Nothing large is ever
-grouped or held, so memory stays bounded by one image per worker thread however many
-multi-megapixel photos the folder holds. The TFDS `folder` and `synthetic` configs run the
-same two transforms.
+and groups the (small) hashes with the files' paths to find exact copies and label conflicts;
+the second pass, per group, reads, validates and resizes each file with its group's verdict.
+Nothing large is ever grouped or held, so memory stays bounded by one image per worker thread
+however many multi-megapixel photos the folder holds, and the decoded images never leave the
+stage that makes them. The TFDS `folder` and `synthetic` configs run the same two transforms.
 """
 
 import csv
@@ -16,7 +16,9 @@ import dataclasses
 import functools
 import hashlib
 import io
+import json
 import logging
+import math
 import os
 import posixpath
 import re
@@ -56,6 +58,7 @@ IMAGES_DIR = "images"
 TFRECORDS_DIR = "tfrecords"
 _METRICS_NAMESPACE = "happysad"
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_READ_CHUNK_BYTES = 2**20
 
 FileSystems = filesystems.FileSystems
 
@@ -70,7 +73,14 @@ class ListLabelledFiles(beam.PTransform):
     The listing happens when the pipeline is built, so a wrong folder fails at once with a
     UserError rather than on a worker. Works on any Beam filesystem (gs://, s3://, hdfs://);
     on local disks broken symbolic links are listed too, so that the manifest accounts for them.
+    The listing travels as JSON text, up to LISTING_BATCH (path, label) pairs an element and
+    at least LISTING_PARTS elements when there are enough files: Beam's Create infers a type,
+    encodes and pickles per element, which costs more per file than the whole rest of the
+    pipeline's bookkeeping, while a string per batch costs next to nothing.
     """
+
+    LISTING_BATCH = 100
+    LISTING_PARTS = 64
 
     def __init__(self, root: str):
         super().__init__()
@@ -79,7 +89,26 @@ class ListLabelledFiles(beam.PTransform):
     def expand(self, pbegin):
         sources = list_labelled_files(self._root)
         logger.info("Found %d files under %s", len(sources), self._root)
-        return pbegin | "CreateSources" >> beam.Create(sources)
+        batches = [
+            json.dumps([[source.path, source.label] for source in sources[start:end]])
+            for start, end in _batch_bounds(len(sources), self.LISTING_BATCH, self.LISTING_PARTS)
+        ]
+        return (
+            pbegin
+            | "CreateSources" >> beam.Create(batches)
+            | "Unbatch" >> beam.FlatMap(_sources_of_batch)
+        )
+
+
+def _batch_bounds(count: int, most: int, parts: int) -> list[tuple[int, int]]:
+    """(start, end) of batches of at most `most` items, and at least `parts` batches if possible."""
+    size = min(most, max(1, math.ceil(count / parts)))
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _sources_of_batch(batch: str):
+    for path, label in json.loads(batch):
+        yield schema.SourceImage(path, label)
 
 
 def list_labelled_files(root: str) -> list[schema.SourceImage]:
@@ -145,13 +174,29 @@ def read_bytes(source: schema.SourceImage, max_bytes: int) -> tuple[bytes | None
         with _filesystem(source.path).open(
             source.path, compression_type=filesystem.CompressionTypes.UNCOMPRESSED
         ) as stream:
-            data = stream.read(max_bytes + 1)
+            data = _read_at_most(stream, max_bytes + 1)
     except Exception as error:  # noqa: BLE001 - any failure to read is the file's verdict
         logger.warning("Cannot read %s: %s", source.path, error)
         return None, imaging.UNREADABLE
     if len(data) > max_bytes:
         return None, imaging.TOO_LARGE
     return data, ""
+
+
+def _read_at_most(stream, limit: int) -> bytes:
+    """Up to `limit` bytes of a stream, in chunks.
+
+    One read(limit) would allocate the whole budget (100 MiB by default) for every file, which
+    costs three times the read of a small face image.
+    """
+    chunks, total = [], 0
+    while total < limit:
+        chunk = stream.read(min(_READ_CHUNK_BYTES, limit - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 @functools.cache
@@ -168,16 +213,25 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# The grouping key of a file without content (unreadable, empty, over the byte budget): its own
+# path after a NUL, which no hex digest starts with, so that such files are never copies.
+_NO_CONTENT = "\x00"
+
+
 class HashContent(beam.DoFn):
-    """SourceImage -> (sha256, (path, label)) for every readable, non-empty file."""
+    """SourceImage -> (content key, SourceImage): the key is the sha256 of the bytes.
+
+    Files without content are keyed by their own path, so they are grouped with nothing. The
+    value is the source itself: a path and a label (and in-memory bytes only for sources that
+    already carried them), never the file's content.
+    """
 
     def __init__(self, max_bytes: int):
         self._max_bytes = max_bytes
 
     def process(self, source: schema.SourceImage):
         data, _ = read_bytes(source, self._max_bytes)
-        if data:
-            yield sha256_hex(data), (source.path, source.label)
+        yield (sha256_hex(data) if data else _NO_CONTENT + source.path), source
 
 
 def find_copies(sha256: str, members) -> list[tuple[tuple[str, str], tuple[str, str]]]:
@@ -225,50 +279,57 @@ def manifest_row(
     }
 
 
-class ValidateImage(beam.DoFn):
-    """Reads, validates, normalises and resizes one SourceImage; assigns its split.
+class ValidateImages(beam.DoFn):
+    """(content key, the SourceImages with those bytes) -> cleaned images and manifest rows.
 
-    Main output: schema.CleanImage for accepted images. Tagged outputs: manifest rows for
-    REJECTED inputs (with a reason from imaging.REASONS), for DUPLICATE copies and for the
-    accepted images themselves (ACCEPTED_ROWS), so that every input gets exactly one row.
-    The side input `copies` is find_copies' verdicts, keyed by (path, sha256).
+    Reads each file again, validates, normalises and resizes it, and assigns its split. Main
+    output: schema.CleanImage for accepted images. Tagged output MANIFEST: exactly one row per
+    input, REJECTED (with a reason from imaging.REASONS), DUPLICATE or ACCEPTED. Copies are
+    judged by find_copies on the group; the bytes are re-hashed on this read, so a file that
+    changed since it was hashed is judged on its own. Identical bytes are cleaned once.
     """
 
     ACCEPTED = "accepted"
-    REJECTED = "rejected"
-    DUPLICATE = "duplicate"
-    ACCEPTED_ROWS = "accepted_rows"
+    MANIFEST = "manifest"
 
     def __init__(self, options: imaging.CleaningOptions):
         self._options = options
 
-    def process(self, source: schema.SourceImage, copies):
-        data, reason = read_bytes(source, self._options.max_file_bytes)
-        if data is None:
-            yield self._reject(source, imaging.ImageInfo(imaging.REJECTED, reason))
-            return
-        sha256 = sha256_hex(data)
-        image, info = imaging.clean_image_bytes(data, self._options)
+    def process(self, group):
+        key, sources = group
+        sources = list(sources)
+        verdicts = dict(find_copies(key, [(source.path, source.label) for source in sources]))
+        cleaned = {}  # sha256 -> (image, info): copies are decoded once
+        for source in sources:
+            data, reason = read_bytes(source, self._options.max_file_bytes)
+            if data is None:
+                yield self._reject(source, imaging.ImageInfo(imaging.REJECTED, reason))
+                continue
+            sha256 = sha256_hex(data)
+            if sha256 not in cleaned:
+                cleaned[sha256] = imaging.clean_image_bytes(data, self._options)
+            image, info = cleaned[sha256]
+            verdict = verdicts.get((source.path, sha256), (None, ""))
+            yield from self._judge(source, image, info, sha256, len(data), *verdict)
+
+    def _judge(self, source, image, info, sha256, size, verdict, duplicate_of):
         if info.status == imaging.REJECTED:
-            yield self._reject(source, info, sha256, len(data))
+            yield self._reject(source, info, sha256, size)
             return
         split = splits.assign_split(sha256, self._options.split_fractions)
-        verdict, duplicate_of = copies.get((source.path, sha256), (None, ""))
         if verdict == imaging.LABEL_CONFLICT:
             info = info._replace(status=imaging.REJECTED, reason=imaging.LABEL_CONFLICT)
-            yield self._reject(source, info, sha256, len(data))
+            yield self._reject(source, info, sha256, size)
             return
         if verdict == imaging.DUPLICATE:
-            row = manifest_row(
-                source, info._replace(status=imaging.DUPLICATE), sha256, split, len(data)
-            )
-            row["duplicate_of"] = duplicate_of
+            info = info._replace(status=imaging.DUPLICATE)
+            row = manifest_row(source, info, sha256, split, size, duplicate_of)
             _count(imaging.DUPLICATE)
-            yield beam.pvalue.TaggedOutput(self.DUPLICATE, row)
+            yield beam.pvalue.TaggedOutput(self.MANIFEST, row)
             return
         _count(imaging.ACCEPTED)
         yield beam.pvalue.TaggedOutput(
-            self.ACCEPTED_ROWS, manifest_row(source, info, sha256, split, len(data))
+            self.MANIFEST, manifest_row(source, info, sha256, split, size)
         )
         yield schema.CleanImage(
             path=source.path,
@@ -283,7 +344,7 @@ class ValidateImage(beam.DoFn):
 
     def _reject(self, source, info, sha256="", size=None):
         _count(f"{imaging.REJECTED}_{info.reason}")
-        return beam.pvalue.TaggedOutput(self.REJECTED, manifest_row(source, info, sha256, "", size))
+        return beam.pvalue.TaggedOutput(self.MANIFEST, manifest_row(source, info, sha256, "", size))
 
 
 @functools.cache
@@ -299,9 +360,11 @@ def _count(name: str) -> None:
 class CleanImages(beam.PTransform):
     """SourceImages -> {"accepted": CleanImage, "manifest": one row dict per input}.
 
-    Steps: HashContents -> GroupByContent -> FindCopies (exact copies and label conflicts,
-    small records only), then ValidateImages (imaging.clean_image_bytes with those verdicts as
-    a side input, content-hash split) -> MergeManifest.
+    Steps: HashContents (read, sha256) -> GroupByContent (small records: the content hash and
+    the source's path and label) -> ValidateImages (per group: exact copies and label
+    conflicts by find_copies, then read again, imaging.clean_image_bytes, content-hash split).
+    The decoded images stay inside the stage that makes them, so that whatever consumes them
+    (TFRecord encoding, counting) fuses with it.
     """
 
     def __init__(self, options: imaging.CleaningOptions = imaging.DEFAULT_OPTIONS):
@@ -309,26 +372,19 @@ class CleanImages(beam.PTransform):
         self._options = options
 
     def expand(self, sources):
-        copies = (
+        results = (
             sources
             | "HashContents" >> beam.ParDo(HashContent(self._options.max_file_bytes))
             | "GroupByContent" >> beam.GroupByKey()
-            | "FindCopies" >> beam.FlatMapTuple(find_copies)
+            | "ValidateImages"
+            >> beam.ParDo(ValidateImages(self._options)).with_outputs(
+                ValidateImages.MANIFEST, main=ValidateImages.ACCEPTED
+            )
         )
-        results = sources | "ValidateImages" >> beam.ParDo(
-            ValidateImage(self._options), copies=beam.pvalue.AsDict(copies)
-        ).with_outputs(
-            ValidateImage.REJECTED,
-            ValidateImage.DUPLICATE,
-            ValidateImage.ACCEPTED_ROWS,
-            main=ValidateImage.ACCEPTED,
-        )
-        manifest = (
-            results[ValidateImage.ACCEPTED_ROWS],
-            results[ValidateImage.DUPLICATE],
-            results[ValidateImage.REJECTED],
-        ) | "MergeManifest" >> beam.Flatten()
-        return {"accepted": results[ValidateImage.ACCEPTED], "manifest": manifest}
+        return {
+            "accepted": results[ValidateImages.ACCEPTED],
+            "manifest": results[ValidateImages.MANIFEST],
+        }
 
 
 # ---------------------------------------------------------------------------------------------
