@@ -5,9 +5,10 @@ Same images, same model (seed_cnn, batch 32), same process:
             `model.fit`: every epoch decodes and resizes every file again (the seed notebook).
   happysad  `pipeline.data.load_split` on the folder config of happysad_tfds (decoded once at
             build time, uint8 cached, shuffled, scaled per batch, prefetched) and
-            `pipeline.train.fit`, with XLA off (the recipes' default: faster on CPU) and
-            with XLA on (Keras' own default for this model, which the seed baseline gets).
-Epochs take turns in rounds, so a neighbour's load on the shared cores slows all alike.
+            `pipeline.train.fit`: XLA off (what Keras picks on a CPU-only machine, for the
+            seed too), and XLA forced on.
+Epochs take turns in rounds, so a neighbour's load on the shared cores slows all alike. The
+input pipelines alone (no model) are timed too: they show how much of an epoch reading costs.
 Then the recommended model (FER-2013 transfer) is exported and its `serving_default`
 signature timed on JPEG bytes at batch 1 and 32.
 """
@@ -83,6 +84,17 @@ def _happysad_epoch(dataset: str, data_dir: str, xla: bool):
     return epoch
 
 
+def _input_rate(batches, images: int, rounds: int = 3) -> float:
+    """Images/s of iterating a dataset alone (decoding and resizing, or reading the cache)."""
+    rates = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in batches:
+            pass
+        rates.append(images / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
 def _rounds(epochs: dict, rounds: int, images: int) -> dict:
     for epoch in epochs.values():
         epoch()  # warm-up: tracing, XLA compilation and the first read are not throughput
@@ -138,13 +150,22 @@ def run(workdir: str, quick: bool) -> list[common.Row]:
     )
     # The seed reads every file, the dataset only the images the cleaning accepted.
     rates["seed"] *= seed_files / images
+    seed_input = keras.utils.image_dataset_from_directory(
+        faces, class_names=["sad", "happy"], batch_size=BATCH_SIZE, image_size=(256, 256)
+    ).map(lambda x, y: (x / 255, y))
+    happysad_input = data.load_split(dataset, _SPLIT, data_dir, BATCH_SIZE, shuffle=True)
+    _input_rate(happysad_input, images, rounds=1)  # fills the cache
+    inputs = {
+        "seed": _input_rate(seed_input, seed_files),
+        "happysad": _input_rate(happysad_input, images),
+    }
     serving = _serving_rates(workdir, faces, 10.0 if quick else 40.0)
     baseline = "seed: image_dataset_from_directory + x/255 + fit"
     target = ">= 1.3x"
     return [
         common.Row(
             NAME,
-            "training, seed_cnn, TFDS + tf.data (XLA off)",
+            "training, seed_cnn, TFDS + tf.data (XLA off, as Keras picks on CPU)",
             rates["happysad"],
             "images/s",
             baseline,
@@ -153,12 +174,20 @@ def run(workdir: str, quick: bool) -> list[common.Row]:
         ),
         common.Row(
             NAME,
-            "training, seed_cnn, TFDS + tf.data (XLA on)",
+            "training, seed_cnn, TFDS + tf.data (XLA forced on)",
             rates["happysad_xla"],
             "images/s",
             baseline,
             rates["seed"],
             target,
+        ),
+        common.Row(
+            NAME,
+            "input pipeline alone: TFDS + tf.data (cached)",
+            inputs["happysad"],
+            "images/s",
+            "seed: image_dataset_from_directory + x/255",
+            inputs["seed"],
         ),
         common.Row(
             NAME,

@@ -28,9 +28,9 @@ _SEED = {
     "class_weights": False,
     "early_stopping_patience": 0,
     "keep_best": False,
-    # XLA off: on CPU TensorFlow's own (oneDNN) kernels train seed_cnn faster than XLA's
-    # (benchmarks/bench_train.py); pass --xla on accelerators.
-    "xla": False,
+    # Keras' choice: XLA off on CPU-only machines (there oneDNN's kernels train seed_cnn
+    # faster than XLA's, benchmarks/bench_train.py), on with an accelerator.
+    "xla": None,
 }
 
 RECIPES = {
