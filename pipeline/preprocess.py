@@ -29,7 +29,7 @@ import cv2
 from apache_beam.io import filesystem, filesystems
 from apache_beam.options import pipeline_options
 
-from pipeline import errors, imaging, schema, splits
+from pipeline import errors, example_proto, imaging, schema, splits
 
 logger = logging.getLogger(__name__)
 
@@ -295,6 +295,9 @@ class ValidateImages(beam.DoFn):
     def __init__(self, options: imaging.CleaningOptions):
         self._options = options
 
+    def setup(self):
+        imaging.keep_freed_memory()
+
     def process(self, group):
         key, sources = group
         sources = list(sources)
@@ -422,29 +425,25 @@ def image_path(output: str, split: str, label: str, source_path: str, sha256: st
 
 
 def to_example(clean: schema.CleanImage, png: bytes) -> bytes:
-    """A serialized tf.train.Example with the FEATURES of example_feature_spec()."""
-    import tensorflow as tf  # lazily: only workers that write TFRecords pay for the import
+    """A serialized tf.train.Example with the FEATURES of example_feature_spec().
 
-    def _bytes(value: bytes):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-    def _int(value: int):
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
-
+    Through `example_proto`, the same message without TensorFlow's import (seconds per Beam
+    worker process).
+    """
     height, width = clean.image.shape[:2]
-    features = {
-        "image/encoded": _bytes(png),
-        "image/format": _bytes(b"png"),
-        "image/height": _int(height),
-        "image/width": _int(width),
-        "label": _int(schema.label_id(clean.label)),
-        "label/text": _bytes(clean.label.encode()),
-        "sha256": _bytes(clean.sha256.encode()),
-        "split": _bytes(clean.split.encode()),
-        "filename": _bytes(clean.path.encode()),
-    }
-    example = tf.train.Example(features=tf.train.Features(feature=features))
-    return example.SerializeToString()
+    return example_proto.example(
+        {
+            "image/encoded": png,
+            "image/format": b"png",
+            "image/height": height,
+            "image/width": width,
+            "label": schema.label_id(clean.label),
+            "label/text": clean.label.encode(),
+            "sha256": clean.sha256.encode(),
+            "split": clean.split.encode(),
+            "filename": clean.path.encode(),
+        }
+    )
 
 
 def example_feature_spec() -> dict:

@@ -259,6 +259,70 @@ def test_a_thumbnail_end_marker_does_not_hide_a_truncated_photo():
     assert verdict(data[: len(data) // 2]) == (imaging.REJECTED, imaging.CORRUPT)
 
 
+def pillow_header(data: bytes) -> imaging.ImageInfo:
+    return imaging._header_info(imaging._open_header(data, "jpeg"), "jpeg")
+
+
+def with_segment(jpeg: bytes, marker: int, payload: bytes) -> bytes:
+    """The JPEG with one more segment right after its SOI marker."""
+    segment = bytes((0xFF, marker)) + (len(payload) + 2).to_bytes(2, "big") + payload
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+def exif_orientation_as_long(orientation: int) -> bytes:
+    entry = struct.pack("<HHII", 0x0112, 4, 1, orientation)  # LONG, where EXIF says SHORT
+    return b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x01\x00" + entry + b"\x00" * 4
+
+
+def test_plain_jpeg_header_reads_what_pillow_reads():
+    array = photo(160, 100)
+    plain = [jpeg_with_orientation(array, orientation) for orientation in range(1, 9)]
+    plain += [
+        encode(array, "JPEG"),
+        encode(array[:, :, 0], "JPEG"),
+        encode(array, "JPEG", progressive=True),
+        encode(array, "JPEG", restart_marker_blocks=2),
+        encode(array, "JPEG", icc_profile=b"profile" * 20, comment=b"a comment"),
+        cv2.imencode(".jpg", array)[1].tobytes(),
+    ]
+    for data in plain:
+        header = imaging.plain_jpeg_header(data)
+        assert header is not None and header == pillow_header(data)
+    assert imaging.plain_jpeg_header(jpeg_with_orientation(array, 6))[2:4] == (100, 160)
+
+
+def test_unusual_jpegs_take_pillows_parse():
+    array = photo(160, 100)
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta><tiff:Orientation>6</tiff:Orientation>"
+    exif_long = exif_orientation_as_long(6)
+    cmyk = io.BytesIO()
+    Image.fromarray(array).convert("CMYK").save(cmyk, "JPEG")
+    unusual = {
+        "cmyk": cmyk.getvalue(),
+        "xmp orientation": with_segment(encode(array, "JPEG"), 0xE1, xmp),
+        "orientation as LONG": with_segment(encode(array, "JPEG"), 0xE1, exif_long),
+        "two EXIF segments": with_segment(jpeg_with_orientation(array, 3), 0xE1, exif_long),
+        "junk between segments": encode(array, "JPEG")[:2] + b"junk" + encode(array, "JPEG")[2:],
+        "cut in its header": encode(array, "JPEG")[:300],
+    }
+    for name, data in unusual.items():
+        assert imaging.plain_jpeg_header(data) is None, name
+    image, info = imaging.clean_image_bytes(unusual["xmp orientation"])
+    assert info.orientation == pillow_header(unusual["xmp orientation"]).orientation
+    assert (info.width, info.height) == pillow_header(unusual["xmp orientation"])[2:4]
+
+
+def test_jpeg_header_beyond_pillows_guard_is_too_large():
+    jpeg = encode(photo(64, 48), "JPEG")
+    frame = jpeg.index(b"\xff\xc0")
+    huge = jpeg[: frame + 5] + struct.pack(">HH", 60000, 60000) + jpeg[frame + 9 :]
+    assert imaging.plain_jpeg_header(huge)[2:4] == (60000, 60000)
+    options = dataclasses.replace(OPTIONS, max_pixels=10**12)
+    image, info = imaging.clean_image_bytes(huge, options)
+    assert image is None and (info.status, info.reason) == (imaging.REJECTED, imaging.TOO_LARGE)
+    assert (info.width, info.height) == (60000, 60000)
+
+
 def test_opencv_and_pillow_decode_jpegs_alike():
     for data in (encode(photo(200, 150), "JPEG"), encode(photo(200, 150)[:, :, 0], "JPEG")):
         image = cleaned(data)  # OpenCV's path: plain RGB or grayscale JPEG

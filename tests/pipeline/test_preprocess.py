@@ -440,3 +440,34 @@ def test_run_on_synthetic_faces(tmp_path):
     assert summary["input_files"] == 6
     assert summary["status"] == {ACCEPTED: 6}
     assert summary["label"] == {"happy": 3, "sad": 3}
+
+
+def test_examples_are_what_tensorflow_writes():
+    import tensorflow as tf
+
+    image = np.zeros((64, 48, 3), np.uint8)
+    clean = schema.CleanImage("in/sad/visage é.jpg", "sad", "ab" * 32, "test", image, 9, 8, "png")
+    png = preprocess.encode_png(image)
+
+    def bytes_feature(value):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    def int_feature(value):
+        return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+
+    expected = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": bytes_feature(png),
+                "image/format": bytes_feature(b"png"),
+                "image/height": int_feature(64),
+                "image/width": int_feature(48),
+                "label": int_feature(0),
+                "label/text": bytes_feature(b"sad"),
+                "sha256": bytes_feature(("ab" * 32).encode()),
+                "split": bytes_feature(b"test"),
+                "filename": bytes_feature(clean.path.encode()),
+            }
+        )
+    )
+    assert tf.train.Example.FromString(preprocess.to_example(clean, png)) == expected
