@@ -233,7 +233,7 @@ def render_markdown(summary: dict) -> str:
         "",
         "![sizes](plots/sizes.png)",
         "",
-        "## Samples (top: accepted, as training sees them; bottom: rejected, with the reason)",
+        "## Samples (top: accepted, as training sees them; below, if any: rejected, with the reason)",
         "",
         "![samples](plots/samples.png)",
         "",
@@ -323,12 +323,18 @@ def _plot_samples(output: str, rows: list[dict]):
     """A grid: accepted images (both labels) on top, rejected ones (varied reasons) below."""
     accepted = _pick_accepted(rows)
     rejected = _pick_rejected(rows)
+    grid = [accepted, rejected] if rejected else [accepted]
     columns = SAMPLES_PER_ROW
-    figure, axes = pyplot.subplots(2, columns, figsize=(columns * 1.4, 2 * 1.7), squeeze=False)
-    for column in range(columns):
-        _draw_tile(axes[0][column], accepted[column] if column < len(accepted) else None, output)
-        _draw_tile(axes[1][column], rejected[column] if column < len(rejected) else None, output)
-    figure.suptitle("Accepted (top) and rejected (bottom) samples", fontsize=10)
+    figure, axes = pyplot.subplots(
+        len(grid), columns, figsize=(columns * 1.4, len(grid) * 1.7), squeeze=False
+    )
+    for line, samples in enumerate(grid):
+        for column in range(columns):
+            _draw_tile(
+                axes[line][column], samples[column] if column < len(samples) else None, output
+            )
+    title = "Accepted (top) and rejected (bottom) samples" if rejected else "Accepted samples"
+    figure.suptitle(title, fontsize=10)
     return figure
 
 
