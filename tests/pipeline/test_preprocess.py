@@ -471,3 +471,55 @@ def test_examples_are_what_tensorflow_writes():
         )
     )
     assert tf.train.Example.FromString(preprocess.to_example(clean, png)) == expected
+
+
+def damaged_corpus(root: str, count: int = 300) -> dict[str, tuple[bytes, bool]]:
+    """`count` files of every format, most mutilated as downloads and disks mutilate them.
+
+    Returns {relative path: (content, whether it is intact)}.
+    """
+    rng = np.random.default_rng(7)
+    formats = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+    files = {}
+    for index in range(count):
+        data = bytearray(
+            encode(photo(int(rng.integers(40, 120)), 64, seed=index), formats[index % 6])
+        )
+        damage = index % 5
+        if damage == 1:  # cut short anywhere
+            data = data[: int(rng.integers(1, len(data)))]
+        elif damage == 2:  # bytes flipped, header and body alike
+            for position in rng.integers(0, len(data), 8):
+                data[position] ^= int(rng.integers(1, 256))
+        elif damage == 3:  # a tail of zeros, as a download that stopped writing
+            start = int(rng.integers(len(data) // 4, len(data)))
+            data[start:] = bytes(len(data) - start)
+        elif damage == 4:  # random junk with an image's name
+            data = bytearray(rng.bytes(int(rng.integers(0, 3000))))
+        relative = f"{('happy', 'sad')[index % 2]}/file_{index:03d}.{formats[index % 6].lower()}"
+        path = os.path.join(root, relative)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as stream:
+            stream.write(bytes(data))
+        files[relative] = bytes(data), damage == 0
+    return files
+
+
+def test_hundreds_of_damaged_files_each_get_one_verdict(tmp_path):
+    root, output = str(tmp_path / "scraped"), str(tmp_path / "out")
+    files = damaged_corpus(root)
+    summary = preprocess.run(preprocess.PreprocessConfig(input=root, output=output, report=False))
+    rows = preprocess.read_manifest(output)
+    assert sorted(relative(root, row["path"]) for row in rows) == sorted(files)
+    assert summary["input_files"] == len(files)
+    for row in rows:
+        name = relative(root, row["path"])
+        assert row["status"] in (ACCEPTED, REJECTED, DUPLICATE), name
+        assert (row["reason"] in imaging.REASONS) == (row["status"] == REJECTED), name
+        data, intact = files[name]
+        if intact:
+            assert row["status"] == ACCEPTED, name
+        if row["status"] == ACCEPTED:  # what was accepted decodes to a full image
+            assert imaging.clean_image_bytes(data)[0].shape == (256, 256, 3)
+    assert summary["status"][ACCEPTED] >= len(files) // 5
+    assert summary["status"][REJECTED] >= len(files) // 5  # the junk, at least
