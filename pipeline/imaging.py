@@ -324,7 +324,8 @@ def _decode(picture: Image.Image, data: bytes, info: ImageInfo) -> np.ndarray:
 
     Plain RGB and grayscale JPEGs, most of any scraped set, take OpenCV's decoder, twice as
     fast as Pillow's; as cv2.imdecode fills a truncated file with grey, `jpeg_is_complete`
-    vets the data first. Everything else takes Pillow, which raises on truncated data.
+    vets the data first. Everything else takes Pillow, which raises on truncated data; PNGs
+    are vetted by their chunk CRCs first (`png_is_intact`), which Pillow's decoder skips.
     """
     if info.format == "jpeg" and info.mode in ("RGB", "L"):
         if not jpeg_is_complete(data):
@@ -334,6 +335,8 @@ def _decode(picture: Image.Image, data: bytes, info: ImageInfo) -> np.ndarray:
         if rgb is None:
             raise OSError("OpenCV could not decode the JPEG")
         return orient(rgb, info.orientation)
+    if info.format == "png" and not png_is_intact(data):
+        raise OSError("a PNG chunk fails its CRC or the file stops before IEND")
     picture.load()
     if info.orientation != 1:
         picture = ImageOps.exif_transpose(picture)
@@ -419,6 +422,22 @@ def _beyond_pillow_guard(pixels: int) -> bool:
     """Whether Pillow would refuse to open an image this large (DecompressionBombError)."""
     limit = Image.MAX_IMAGE_PIXELS
     return bool(limit) and pixels > 2 * limit
+
+
+def png_is_intact(data: bytes) -> bool:
+    """Whether every chunk of a PNG, through IEND, carries its right CRC.
+
+    Pillow's decoder does not check the CRCs of the image data (IDAT) and zlib's own checksum
+    comes only at the end of the stream, so a PNG with flipped bytes or a zero-filled tail
+    decodes into wrong pixels without an error. Pillow's `verify()` checks every chunk's CRC
+    (a CRC-32 over bytes already in memory: microseconds).
+    """
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG"]) as picture:
+            picture.verify()
+    except _DECODE_ERRORS:
+        return False
+    return True
 
 
 def jpeg_is_complete(data: bytes) -> bool:

@@ -249,6 +249,18 @@ def test_jpeg_is_complete_only_up_to_the_end_marker():
         assert not imaging.jpeg_is_complete(data[:-2])
 
 
+def test_a_png_with_damaged_image_data_is_corrupt():
+    data = encode(photo(), "PNG")
+    start = data.index(b"IDAT") + 4
+    flipped = bytearray(data)
+    flipped[start + len(data) // 3] ^= 0x10  # one bit in the compressed pixels
+    zero_tail = data[: start + 100] + bytes(len(data) - start - 100)  # a download that stalled
+    for damaged in (bytes(flipped), zero_tail):
+        assert not imaging.png_is_intact(damaged)
+        assert verdict(damaged) == (imaging.REJECTED, imaging.CORRUPT)
+    assert imaging.png_is_intact(data) and verdict(data) == (imaging.ACCEPTED, "")
+
+
 def test_a_thumbnail_end_marker_does_not_hide_a_truncated_photo():
     # An EXIF APP1 segment holding a complete JPEG thumbnail, hence its own FFD9 marker.
     thumbnail = encode(photo(40, 30), "JPEG")
