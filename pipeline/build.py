@@ -78,6 +78,7 @@ def run(config: BuildConfig) -> dict:
     import tensorflow_datasets as tfds  # lazily: `happysad --help` must stay fast
 
     import happysad_tfds
+    from pipeline import beam_options  # lazily, as TFDS: Beam is imported to build only
 
     builder_config = _builder_config(config)
     builder = happysad_tfds.Builder(config=builder_config, data_dir=config.data_dir)
@@ -85,9 +86,11 @@ def run(config: BuildConfig) -> dict:
     manual_dir = config.manual_dir
     if manual_dir is not None and "://" not in manual_dir:
         manual_dir = os.path.abspath(manual_dir)  # Beam workers may not share our cwd
+    options = beam_options.from_args(config.beam_args)
     download_config = tfds.download.DownloadConfig(
         manual_dir=manual_dir,
-        beam_options=_beam_options(config.beam_args),
+        beam_runner=beam_options.local_runner(options),
+        beam_options=options,
         download_mode=(
             tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
             if config.overwrite
@@ -133,13 +136,6 @@ def _builder_config(config: BuildConfig):
         seed=config.seed,
         cleaning=imaging.options_from(config),
     )
-
-
-def _beam_options(beam_args: tuple[str, ...]):
-    """PipelineOptions from exactly these flags (never from sys.argv, which Beam would parse)."""
-    from apache_beam.options import pipeline_options
-
-    return pipeline_options.PipelineOptions(list(beam_args))
 
 
 # The sentence of a UserError raised on a Beam worker, as the runner re-raises it: the

@@ -27,9 +27,8 @@ import uuid
 import apache_beam as beam
 import cv2
 from apache_beam.io import filesystem, filesystems
-from apache_beam.options import pipeline_options
 
-from pipeline import errors, example_proto, imaging, schema, splits
+from pipeline import beam_options, errors, example_proto, imaging, schema, splits
 
 logger = logging.getLogger(__name__)
 
@@ -606,7 +605,8 @@ def run(config: PreprocessConfig) -> dict:
 
     if config.input is None and config.num_synthetic < 2:
         raise errors.UserError("--num-synthetic must be at least 2 (one face per label)")
-    root = beam.Pipeline(options=pipeline_options.PipelineOptions(list(config.beam_args)))
+    options = beam_options.from_args(config.beam_args)
+    root = beam.Pipeline(runner=beam_options.local_runner(options), options=options)
     build_pipeline(root, config)  # lists the input: a wrong folder fails before anything is deleted
     _clear_previous_outputs(config.output)
     root.run().wait_until_finish()
