@@ -23,9 +23,8 @@ import apache_beam as beam
 import common
 import cv2
 import numpy as np
-from apache_beam.options import pipeline_options
 
-from pipeline import imaging, preprocess
+from pipeline import beam_options, imaging, preprocess
 
 NAME = "preprocess"
 FULL_IMAGES = 4000
@@ -115,9 +114,9 @@ def beam_arguments(workers: int) -> list[str]:
 
 def clean_images_seconds(folder: str, workers: int) -> float:
     """Wall-clock seconds of ListLabelledFiles | CleanImages into counts, startup included."""
-    options = pipeline_options.PipelineOptions(beam_arguments(workers))
+    options = beam_options.from_args(beam_arguments(workers))
     start = time.perf_counter()
-    with beam.Pipeline(options=options) as root:
+    with beam.Pipeline(runner=beam_options.local_runner(options), options=options) as root:
         cleaned = root | preprocess.ListLabelledFiles(folder) | preprocess.CleanImages()
         _ = cleaned["accepted"] | "CountAccepted" >> beam.combiners.Count.Globally()
         _ = cleaned["manifest"] | "CountRows" >> beam.combiners.Count.Globally()
