@@ -2,8 +2,9 @@
 
 Same images, same run: (a) read + cv2.imdecode + cv2.resize(INTER_AREA) to 256x256 in one
 process, the most one core does for this job; (b) CleanImages (read, hash, dedupe, validate,
-decode, normalise, resize, colour statistics, split) on the DirectRunner with 1 and 2 worker
-processes; (c) the whole `happysad preprocess` run with 2 workers, writing images, TFRecords,
+decode, normalise, resize, colour statistics, split) with the DirectRunner's options for 1 and
+2 worker processes, on the local runner `happysad preprocess` uses (the portable FnApiRunner
+that DirectRunner falls back to, pipeline/beam_options.py); (c) the whole `happysad preprocess` run with 2 workers, writing images, TFRecords,
 manifest and report. Target: (b) with 2 workers at least 1.2x (a).
 
 The DirectRunner's start (pipeline translation, worker processes, gRPC, imports) is a fixed
