@@ -7,7 +7,10 @@ Same images, same model (seed_cnn, batch 32), same process:
             build time, uint8 cached, shuffled, scaled per batch, prefetched) and
             `pipeline.train.fit`: XLA off (what Keras picks on a CPU-only machine, for the
             seed too), and XLA forced on.
-Epochs take turns in rounds, so a neighbour's load on the shared cores slows all alike. The
+Epochs take turns in rounds, so a neighbour's load on the shared cores slows all alike, and
+each approach is given its best epoch: on the 2-core development VM an epoch now and then
+takes twice as long as the rest, whichever approach it is (the same model, alone in its
+process: 14.2, 11.2, 20.5, 20.5 s), which made medians swing from 0.77x to 1.30x. The
 input pipelines alone (no model) are timed too: they show how much of an epoch reading costs.
 Then the recommended model (FER-2013 transfer) is exported and its `serving_default`
 signature timed on JPEG bytes at batch 1 and 32.
@@ -104,7 +107,7 @@ def _rounds(epochs: dict, rounds: int, images: int) -> dict:
             started = time.perf_counter()
             epoch()
             rates[name].append(images / (time.perf_counter() - started))
-    return {name: statistics.median(values) for name, values in rates.items()}
+    return {name: max(values) for name, values in rates.items()}
 
 
 def _serving_rates(workdir: str, faces: str, seconds: float) -> dict:
