@@ -30,6 +30,7 @@ import common
 NAME = "serving"
 IMAGE_SIDE = 256
 CONCURRENCIES = (1, 8, 32)
+REQUEST_TIMEOUT_SECONDS = 60  # a request unanswered this long is a failure, not a hang
 MODEL_NAME = "happysad"
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -189,8 +190,9 @@ async def _load(url: str, bodies: list[bytes], concurrency: int, seconds: float)
 
     latencies, failures = [], 0
     connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
     headers = {"Content-Type": "application/json"}
-    async with aiohttp.ClientSession(connector=connector) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def worker(offset: int, deadline: float) -> None:
             nonlocal failures
@@ -199,11 +201,16 @@ async def _load(url: str, bodies: list[bytes], concurrency: int, seconds: float)
                 body = bodies[index % len(bodies)]
                 index += concurrency
                 begin = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    if response.status != 200:
-                        failures += 1
-                        continue
+                try:
+                    async with session.post(url, data=body, headers=headers) as response:
+                        await response.read()
+                        if response.status != 200:
+                            failures += 1
+                            continue
+                except (TimeoutError, aiohttp.ClientError) as error:
+                    print(f"   request to {url} failed: {error!r}", flush=True)
+                    failures += 1  # counted and reported, as a load test does; the run goes on
+                    continue
                 latencies.append(time.perf_counter() - begin)
 
         # Warm the connections and the server's batch path, then measure.

@@ -53,12 +53,45 @@ def render(rows: list[common.Row], failures: list[str], machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(previous: str, current: str, rerun: list[str]) -> str:
+    """`current` (the rerun modules' table) with the rows of every other benchmark kept.
+
+    A module bench_NAME writes rows named NAME. Rows and FAILED lines of modules not rerun are
+    kept from `previous` as they were, and a line says which rows were measured when.
+    """
+    names = {module.removeprefix("bench_") for module in rerun}
+    lines = current.rstrip("\n").split("\n")
+    table_end = max(index for index, line in enumerate(lines) if line.startswith("|")) + 1
+    kept_rows, kept_failures, written = [], [], ""
+    for line in previous.split("\n"):
+        cells = [cell.strip() for cell in line.split("|")]
+        if line.startswith("Machine:"):
+            written = line.split("Written by", 1)[-1].strip().rstrip(".")
+        elif line.startswith("| ") and len(cells) > 2 and cells[1] not in names | {"benchmark"}:
+            kept_rows.append(line)
+        elif line.startswith("FAILED: ") and line[len("FAILED: ") :] not in rerun:
+            kept_failures += ["", line]
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    note = f"Rows of {', '.join(sorted(names))} re-measured on {when}; the others: {written}."
+    return (
+        "\n".join(
+            lines[:3] + [note] + lines[3:table_end] + kept_rows + lines[table_end:] + kept_failures
+        )
+        + "\n"
+    )
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default=os.path.join(HERE, "RESULTS.md"))
     parser.add_argument("--only", nargs="*", help="bench module names (e.g. bench_preprocess)")
     parser.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke run")
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --only: replace those benchmarks' rows in --output, keep the others'",
+    )
     args = parser.parse_args(argv)
 
     paths = sorted(
@@ -84,8 +117,13 @@ def main(argv=None) -> int:
             print(f"   {row.figure}: {_format(row.value)} {row.unit}{ratio}", flush=True)
         rows.extend(module_rows)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    text = render(rows, failures, common.machine())
+    if args.update and os.path.exists(args.output):
+        with open(args.output, encoding="utf-8") as previous:
+            names = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+            text = merge(previous.read(), text, names)
     with open(args.output, "w", encoding="utf-8") as out:
-        out.write(render(rows, failures, common.machine()))
+        out.write(text)
     print(f"wrote {args.output}")
     return 1 if failures else 0
 
