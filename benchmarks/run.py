@@ -66,19 +66,18 @@ def merge(previous: str, current: str, rerun: list[str]) -> str:
     for line in previous.split("\n"):
         cells = [cell.strip() for cell in line.split("|")]
         if line.startswith("Machine:"):
-            written = line.split("Written by", 1)[-1].strip().rstrip(".")
+            written = line.split("Written by" if "Written by" in line else "the others: ", 1)
+            written = written[-1].strip().rstrip(".")
         elif line.startswith("| ") and len(cells) > 2 and cells[1] not in names | {"benchmark"}:
             kept_rows.append(line)
         elif line.startswith("FAILED: ") and line[len("FAILED: ") :] not in rerun:
             kept_failures += ["", line]
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    note = f"Rows of {', '.join(sorted(names))} re-measured on {when}; the others: {written}."
-    return (
-        "\n".join(
-            lines[:3] + [note] + lines[3:table_end] + kept_rows + lines[table_end:] + kept_failures
-        )
-        + "\n"
-    )
+    machine = lines[2].split(". Written by", 1)[0]
+    note = f"{machine}. Rows of {', '.join(sorted(names))} measured on {when} by `run.py --only"
+    note += f" ... --update`; the others: {written}."
+    merged = lines[:2] + [note] + lines[3:table_end] + kept_rows + lines[table_end:]
+    return "\n".join(merged + kept_failures) + "\n"
 
 
 def main(argv=None) -> int:
