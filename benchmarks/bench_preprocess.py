@@ -4,8 +4,10 @@ Same images, same run: (a) read + cv2.imdecode + cv2.resize(INTER_AREA) to 256x2
 process, the most one core does for this job; (b) CleanImages (read, hash, dedupe, validate,
 decode, normalise, resize, colour statistics, split) with the DirectRunner's options for 1 and
 2 worker processes, on the local runner `happysad preprocess` uses (the portable FnApiRunner
-that DirectRunner falls back to, pipeline/beam_options.py); (c) the whole `happysad preprocess` run with 2 workers, writing images, TFRecords,
-manifest and report. Target: (b) with 2 workers at least 1.2x (a).
+that DirectRunner falls back to, pipeline/beam_options.py); (c) the whole `happysad
+preprocess` run with 2 workers, writing images, TFRecords, manifest and report. Target: (b)
+with 2 workers at least 1.2x (a). The figures keep the name DirectRunner: its options, its
+engine.
 
 The DirectRunner's start (pipeline translation, worker processes, gRPC, imports) is a fixed
 cost of seconds, more than (a) takes for the whole folder, so (b) is also given with it

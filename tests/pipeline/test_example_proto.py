@@ -1,3 +1,4 @@
+import subprocess
 import sys
 
 import pytest
@@ -42,10 +43,8 @@ def test_the_bytes_are_tensorflows_bytes():
 
 
 def test_writing_examples_does_not_import_tensorflow(tmp_path):
-    import subprocess
-
     code = (
         "import sys; from pipeline import example_proto; example_proto.example({'a': 1}); "
         "assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
