@@ -19,7 +19,7 @@ TARGET_ACCURACY = 0.95
 
 def _build(data_dir: str, num_images: int, beam_args: list[str]) -> float:
     """Seconds for `happysad build` of `num_images` synthetic faces into a fresh data_dir."""
-    from pipeline import build
+    from pipeline.data import build
 
     config = build.BuildConfig(
         data_dir=data_dir,

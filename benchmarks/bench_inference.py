@@ -19,7 +19,9 @@ import common
 import numpy as np
 import tensorflow as tf
 
-from pipeline import export, imaging, synthetic_faces, warmup
+from pipeline.data import imaging, synthetic_faces
+from pipeline.export import saved_model as export
+from pipeline.export import warmup
 
 NAME = "inference"
 BATCH_SIZES = (1, 32)
@@ -46,7 +48,7 @@ def _faces(count: int) -> list[bytes]:
 
 def _model():
     try:
-        from pipeline import models
+        from pipeline.train import models
     except ImportError:  # before the trainer's models land: the seed's architecture by hand
         import keras
 

@@ -27,7 +27,7 @@ import common
 import cv2
 import numpy as np
 
-from pipeline import beam_options, imaging, preprocess
+from pipeline.data import beam_options, imaging, preprocess
 
 NAME = "preprocess"
 FULL_IMAGES = 4000

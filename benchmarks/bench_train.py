@@ -26,7 +26,12 @@ import common
 import keras
 import tensorflow as tf
 
-from pipeline import build, data, export, models, recipes, synthetic_faces, train, warmup
+from pipeline.data import build, synthetic_faces
+from pipeline.export import saved_model as export
+from pipeline.export import warmup
+from pipeline.train import input_pipeline as data
+from pipeline.train import models, recipes
+from pipeline.train import trainer as train
 
 NAME = "train"
 BATCH_SIZE = 32

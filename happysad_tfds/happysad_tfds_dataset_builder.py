@@ -8,7 +8,8 @@ import logging
 import apache_beam as beam
 import tensorflow_datasets as tfds
 
-from pipeline import errors, imaging, preprocess, schema, splits, synthetic_faces
+from pipeline import errors
+from pipeline.data import imaging, preprocess, schema, splits, synthetic_faces
 
 logger = logging.getLogger(__name__)
 

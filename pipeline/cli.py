@@ -29,25 +29,33 @@ class Stage:
 
 STAGES = {
     "build": Stage(
-        "pipeline.build", "BuildConfig", "Build the happysad_tfds dataset (as `tfds build` does)."
+        "pipeline.data.build",
+        "BuildConfig",
+        "Build the happysad_tfds dataset (as `tfds build` does).",
     ),
     "preprocess": Stage(
-        "pipeline.preprocess",
+        "pipeline.data.preprocess",
         "PreprocessConfig",
         "Validate, clean and resize happy/ and sad/ images with Beam; write a report.",
     ),
-    "train": Stage("pipeline.train", "TrainConfig", "Train a classifier on the TFDS dataset."),
-    "tune": Stage("pipeline.tune", "TuneConfig", "Search hyperparameters with KerasTuner."),
+    "train": Stage(
+        "pipeline.train.trainer", "TrainConfig", "Train a classifier on the TFDS dataset."
+    ),
+    "tune": Stage("pipeline.train.tune", "TuneConfig", "Search hyperparameters with KerasTuner."),
     "evaluate": Stage(
-        "pipeline.evaluate",
+        "pipeline.export.evaluate",
         "EvaluateConfig",
         "Evaluate on the test split, plot, and bless (or not) against the pushed model.",
     ),
     "export": Stage(
-        "pipeline.export", "ExportConfig", "Export a TF-Serving-ready SavedModel version."
+        "pipeline.export.saved_model",
+        "ExportConfig",
+        "Export a TF-Serving-ready SavedModel version.",
     ),
     "push": Stage(
-        "pipeline.push", "PushConfig", "Push a blessed SavedModel version to a serving base path."
+        "pipeline.export.push",
+        "PushConfig",
+        "Push a blessed SavedModel version to a serving base path.",
     ),
     "serve": Stage(
         "serving.server", "ServeConfig", "Serve SavedModels over TF Serving's REST API."

@@ -16,7 +16,8 @@ import json
 import logging
 import os
 
-from pipeline import errors, imaging, stage_records
+from pipeline import errors, stage_records
+from pipeline.data import imaging
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def _check_input(config: RunConfig) -> None:
 
 
 def _preprocess(runner: stage_records.StageRunner, config: RunConfig) -> dict:
-    from pipeline import preprocess
+    from pipeline.data import preprocess
 
     parameters = {
         "options": _cleaning_options(config),
@@ -117,7 +118,7 @@ def _preprocess(runner: stage_records.StageRunner, config: RunConfig) -> dict:
 
 
 def _build(runner: stage_records.StageRunner, config: RunConfig) -> dict:
-    from pipeline import build
+    from pipeline.data import build
 
     source = "folder" if config.input else "synthetic"
     parameters = {
@@ -149,7 +150,8 @@ def _dataset_name(dataset: dict) -> str:
 
 
 def _train(runner: stage_records.StageRunner, config: RunConfig, dataset: dict) -> dict:
-    from pipeline import recipes, train
+    from pipeline.train import recipes
+    from pipeline.train import trainer as train
 
     overrides = {
         name: value
@@ -192,7 +194,7 @@ def _train(runner: stage_records.StageRunner, config: RunConfig, dataset: dict) 
 def _evaluate(
     runner: stage_records.StageRunner, config: RunConfig, dataset: dict, trained: dict
 ) -> dict:
-    from pipeline import evaluate
+    from pipeline.export import evaluate
 
     # The baseline (the version pushed before) is a parameter, not a hashed input: pushing this
     # run's own model must not invalidate this run's evaluation.
@@ -224,7 +226,7 @@ def _lineage(runner: stage_records.StageRunner, config: RunConfig) -> dict:
 
 
 def _export(runner: stage_records.StageRunner, config: RunConfig, trained: dict) -> dict:
-    from pipeline import export
+    from pipeline.export import saved_model as export
 
     def execute(stage_dir: str) -> dict:
         lineage_path = os.path.join(stage_dir, LINEAGE_FILE)
@@ -245,7 +247,7 @@ def _export(runner: stage_records.StageRunner, config: RunConfig, trained: dict)
 
 
 def _push(runner: stage_records.StageRunner, config: RunConfig, exported: dict) -> dict:
-    from pipeline import push
+    from pipeline.export import push
 
     def execute(stage_dir: str) -> dict:
         return push.run(

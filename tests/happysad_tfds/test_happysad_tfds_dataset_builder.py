@@ -10,7 +10,8 @@ import tensorflow_datasets as tfds
 
 import happysad_tfds
 from happysad_tfds import happysad_tfds_dataset_builder as builder_module
-from pipeline import errors, imaging, schema, splits, synthetic_faces
+from pipeline import errors
+from pipeline.data import imaging, schema, splits, synthetic_faces
 
 DUMMY_DATA = os.path.join(os.path.dirname(builder_module.__file__), "dummy_data")
 BROKEN_DUMMY_FILES = ("happy/truncated.jpg",)  # a cut-off JPEG the cleaning step must skip

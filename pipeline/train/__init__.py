@@ -1,0 +1,1 @@
+"""Training: tf.data input, models and backbones, the fit loop, tuning and cross-validation."""

@@ -1,0 +1,292 @@
+"""Cross-validated accuracy of training recipes on a small happy/ sad/ folder of real faces.
+
+`python -m pipeline.crossval --input ../shared/data/faces` estimates how a recipe generalises
+to faces of people it has never seen: folds keep each person (the file name without its
+trailing _NNNN) on one side, and every image goes through the serving graph's own decode and
+stretch-resize (`pipeline.export`) before the model, as a photo sent to the exported
+`serving_default` would. Each fold trains exactly as `happysad train` does (`train.fit` with
+the recipe's schedule), holding out a tenth of its training images for validation by content
+hash, as the `folder` dataset does.
+"""
+
+import argparse
+import collections
+import dataclasses
+import hashlib
+import logging
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import errors, flags
+from pipeline.data import schema, splits
+from pipeline.export import saved_model as export
+from pipeline.train import backbones, models, recipes
+from pipeline.train import input_pipeline as data
+from pipeline.train import trainer as train
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Within a training fold: 90% train, 10% validation, by content hash (as splits does).
+_INNER_FRACTIONS = (0.9, 0.1, 0.0)
+ZERO_SHOT = "fer_zero_shot"  # the FER-2013 network untrained, as a reference row
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CrossvalConfig:
+    """What to cross-validate, on which folder."""
+
+    input: str = dataclasses.field(metadata={"help": "folder with happy/ and sad/ images"})
+    recipes: tuple[str, ...] = dataclasses.field(
+        default=(recipes.DEFAULT_RECIPE,),
+        metadata={"help": f"recipes to compare; '{ZERO_SHOT}' adds the untrained FER network"},
+    )
+    folds: int = dataclasses.field(default=5, metadata={"help": "number of folds"})
+    seed: int = dataclasses.field(default=42, metadata={"help": "seed of folds and training"})
+    epochs: int | None = dataclasses.field(
+        default=None, metadata={"help": "override every recipe's number of epochs"}
+    )
+    backbone_weights: str | None = dataclasses.field(
+        default=None, metadata={"help": "override the recipes' backbone weights (a local file)"}
+    )
+    weights_cache_dir: str = dataclasses.field(
+        default=backbones.DEFAULT_CACHE_DIR,
+        metadata={"help": "where downloaded backbone weights are kept"},
+    )
+    output: str | None = dataclasses.field(
+        default=None, metadata={"help": "write the results as JSON here"}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Faces:
+    """A labelled folder, preprocessed as serving does."""
+
+    pixels: np.ndarray  # uint8 (n, 256, 256, 3)
+    labels: np.ndarray  # int64 (n,), 0 sad, 1 happy
+    people: np.ndarray  # str (n,)
+    sha256: np.ndarray  # str (n,), of the file's bytes
+
+
+def person(file_name: str) -> str:
+    """The person a photo shows, from LFW-style names: "Tony_Blair_0003.jpg" -> "Tony_Blair"."""
+    stem = os.path.splitext(os.path.basename(file_name))[0]
+    name, _, number = stem.rpartition("_")
+    return name if name and number.isdigit() else stem
+
+
+def load_faces(folder: str) -> Faces:
+    """Reads happy/ and sad/ and preprocesses every file with the serving graph's functions."""
+    records = []
+    for label in schema.LABELS:
+        directory = os.path.join(folder, label)
+        if not os.path.isdir(directory):
+            raise errors.UserError(f"{folder} has no {label}/ folder")
+        for name in sorted(os.listdir(directory)):
+            if name.lower().endswith(EXTENSIONS):
+                with open(os.path.join(directory, name), "rb") as file:
+                    records.append((file.read(), schema.label_id(label), person(name)))
+    if len({record[1] for record in records}) < 2:
+        raise errors.UserError(f"{folder} needs images in both happy/ and sad/")
+    encoded = tf.constant([record[0] for record in records])
+    pixels = tf.concat(
+        [
+            export.preprocess_image_bytes(batch)
+            for batch in tf.split(encoded, _chunks(len(records)))
+        ],
+        axis=0,
+    )
+    return Faces(
+        pixels=tf.cast(pixels, tf.uint8).numpy(),
+        labels=np.array([record[1] for record in records], dtype=np.int64),
+        people=np.array([record[2] for record in records]),
+        sha256=np.array([hashlib.sha256(record[0]).hexdigest() for record in records]),
+    )
+
+
+def _chunks(count: int, size: int = 64) -> list[int]:
+    return [size] * (count // size) + ([count % size] if count % size else [])
+
+
+def person_folds(labels: np.ndarray, people: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A fold number per image; a person's images share a fold.
+
+    People are dealt largest first, each to the fold with the fewest images so far (ties by a
+    seeded shuffle), so the folds are as even as the people allow.
+    """
+    if folds < 2:
+        raise errors.UserError(f"need at least 2 folds, got {folds}")
+    names = sorted(set(people))
+    if len(names) < folds:
+        raise errors.UserError(f"{len(names)} people cannot fill {folds} folds")
+    np.random.default_rng(seed).shuffle(names)
+    sizes = collections.Counter(people)
+    names.sort(key=lambda name: -sizes[name])  # stable: equal sizes keep the shuffled order
+    assignment = np.zeros(len(labels), dtype=np.int64)
+    totals = np.zeros(folds, dtype=np.int64)
+    for name in names:
+        fold = int(np.argmin(totals))
+        assignment[people == name] = fold
+        totals[fold] += sizes[name]
+    return assignment
+
+
+def _batches(pixels, labels, batch_size, *, shuffle=False, seed=None) -> tf.data.Dataset:
+    """The same transforms as data.load_split, from arrays instead of TFDS."""
+    pairs = tf.data.Dataset.from_tensor_slices((pixels, labels)).cache()
+    if shuffle:
+        pairs = pairs.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    batches = pairs.batch(batch_size).map(
+        lambda images, batch_labels: (data.scale_images(images), batch_labels),
+        num_parallel_calls=data.AUTOTUNE,
+    )
+    return batches.prefetch(data.AUTOTUNE)
+
+
+def _predict(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
+    return model.predict(_batches(pixels, np.zeros(len(pixels)), 64), verbose=0)[:, 0]
+
+
+def _recipe_config(config: CrossvalConfig, recipe: str) -> train.TrainConfig:
+    overrides = {"seed": config.seed, "weights_cache_dir": config.weights_cache_dir}
+    if config.epochs is not None:
+        overrides["epochs"] = config.epochs
+    if config.backbone_weights is not None:
+        overrides["backbone_weights"] = config.backbone_weights
+    if recipe == ZERO_SHOT:
+        fer = recipes.train_config(output_dir="", **overrides)
+        return dataclasses.replace(
+            fer, model="fer_transfer", recipe=ZERO_SHOT, center_crop=1.0, flip_average=False
+        )
+    return recipes.train_config(recipe, output_dir="", **overrides)
+
+
+def _train_fold(faces: Faces, train_rows: np.ndarray, config: train.TrainConfig) -> keras.Model:
+    """Trains on one fold's training rows as `happysad train` would, validation included."""
+    inner = np.array([splits.assign_split(sha, _INNER_FRACTIONS) for sha in faces.sha256])
+    fit_rows = train_rows & (inner != "validation")
+    validation_rows = train_rows & (inner == "validation")
+    config = train.adapt_to_data(config, int(fit_rows.sum()))
+    model = models.build_model(train.model_options(config), seed=config.seed)
+    counts = dict(collections.Counter(faces.labels[fit_rows].tolist()))
+    balanced = len(set(counts.values())) == 1
+    class_weight = None if balanced or not config.class_weights else data.class_weights(counts)
+    validation = (
+        _batches(faces.pixels[validation_rows], faces.labels[validation_rows], config.batch_size)
+        if validation_rows.any()
+        else None
+    )
+    best = _KeepBest() if config.keep_best and validation is not None else None
+    train.fit(
+        model,
+        config,
+        _batches(
+            faces.pixels[fit_rows],
+            faces.labels[fit_rows],
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+        ),
+        validation,
+        callbacks=[best] if best else [],
+        class_weight=class_weight,
+        verbose=0,
+    )
+    if best and best.weights is not None:
+        model.set_weights(best.weights)
+    return model
+
+
+class _KeepBest(keras.callbacks.Callback):
+    """In memory, what train's checkpoints do on disk: the weights of the lowest val_loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.best, self.weights = None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get("val_loss")
+        if value is not None and (self.best is None or value < self.best):
+            self.best, self.weights = value, self.model.get_weights()
+
+
+def evaluate_recipe(faces: Faces, folds: np.ndarray, config: train.TrainConfig) -> dict:
+    """Held-out accuracy of every fold, pooled accuracy and mean +- std over folds."""
+    probabilities = np.zeros(len(faces.labels))
+    started = time.time()
+    for fold in range(int(folds.max()) + 1):
+        held_out = folds == fold
+        keras.utils.set_random_seed(config.seed + fold)
+        if config.recipe == ZERO_SHOT:
+            model = models.build_model(train.model_options(config))
+        else:
+            model = _train_fold(faces, ~held_out, config)
+        probabilities[held_out] = _predict(model, faces.pixels[held_out])
+        logger.info("%s: fold %d done (%.0f s)", config.recipe, fold, time.time() - started)
+        keras.backend.clear_session()
+    correct = (probabilities >= 0.5) == (faces.labels == 1)
+    per_fold = [float(correct[folds == fold].mean()) for fold in range(int(folds.max()) + 1)]
+    return {
+        "recipe": config.recipe,
+        "pooled_accuracy": float(correct.mean()),
+        "fold_accuracy_mean": float(np.mean(per_fold)),
+        "fold_accuracy_std": float(np.std(per_fold)),
+        "fold_accuracies": per_fold,
+        "fold_sizes": [int((folds == fold).sum()) for fold in range(len(per_fold))],
+        "seconds": round(time.time() - started, 1),
+        "hyperparameters": {
+            name: value
+            for name, value in dataclasses.asdict(config).items()
+            if name not in ("output_dir", "dataset", "data_dir", "train_split", "validation_split")
+        },
+    }
+
+
+def run(config: CrossvalConfig) -> dict:
+    """Cross-validates every recipe on the same folds; returns (and optionally writes) results."""
+    faces = load_faces(config.input)
+    folds = person_folds(faces.labels, faces.people, config.folds, config.seed)
+    results = {
+        "input": os.path.abspath(config.input),
+        "images": len(faces.labels),
+        "people": len(set(faces.people)),
+        "folds": config.folds,
+        "seed": config.seed,
+        "results": [],
+    }
+    for recipe in config.recipes:
+        results["results"].append(evaluate_recipe(faces, folds, _recipe_config(config, recipe)))
+        if config.output:  # after every recipe: a long comparison shows what it has so far
+            train.write_json(config.output, results)
+    return results
+
+
+def main(argv=None) -> int:
+    """`python -m pipeline.crossval --input FOLDER [--recipes recommended seed ...]`."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline.crossval", description=__doc__)
+    flags.add_config_arguments(parser, CrossvalConfig)
+    namespace = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
+    )
+    try:
+        results = run(flags.config_from_args(CrossvalConfig, namespace))
+    except (errors.UserError, ValueError) as error:
+        print(f"crossval: error: {error}", file=sys.stderr)
+        return 2
+    for row in results["results"]:
+        print(
+            f"{row['recipe']:<16} accuracy {row['pooled_accuracy']:.3f} pooled, "
+            f"{row['fold_accuracy_mean']:.3f} +- {row['fold_accuracy_std']:.3f} over "
+            f"{results['folds']} person-disjoint folds ({row['seconds']:.0f} s)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
