@@ -8,15 +8,17 @@ import logging
 import apache_beam as beam
 import tensorflow_datasets as tfds
 
-from pipeline import errors
-from pipeline.data import imaging, preprocess, schema, splits, synthetic_faces
+from pipeline import config as config_lib
+from pipeline import contract, errors
+from pipeline.data import job, splits
 
 logger = logging.getLogger(__name__)
 
-_LABELS = list(schema.LABELS)  # ['sad', 'happy']: class 0 is sad, 1 is happy.
+_LABELS = list(contract.LABELS)  # ['sad', 'happy']: class 0 is sad, 1 is happy.
 SOURCES = ("synthetic", "folder")
-DEFAULT_NUM_IMAGES = 2000
+DEFAULT_NUM_IMAGES = config_lib.DEFAULT_NUM_IMAGES
 METRICS_NAMESPACE = "happysad_tfds"
+_DEFAULT_DATA = config_lib.DataConfig()
 
 MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Only the `folder` config reads the manual directory (`synthetic` needs nothing).
@@ -25,141 +27,125 @@ Put your face photos in two sub-folders named for their label:
     <manual_dir>/happy/   photos of smiling, happy faces
     <manual_dir>/sad/     photos of frowning, sad faces
 
-Any JPEG, PNG, GIF, WebP, BMP or TIFF works, at any size, in nested folders too: files are
-recognised by their content, not their names. Unusable files (corrupt, tiny, not an image,
-the same bytes under both labels) are skipped and counted in the dataset's metadata.
-Pass the folder as `tfds build --manual_dir=<manual_dir>` or `happysad build --config folder
---manual-dir <manual_dir>`; the default is `<data_dir>/downloads/manual/`.
+JPEG, PNG, GIF, WebP or BMP, at any size, in nested folders too: files are recognised by
+their content, not their names. Unusable files (corrupt, tiny, not an image, another format,
+the same bytes under both labels) are skipped and listed with their reason in manifest.csv,
+beside the dataset. Pass the folder as `tfds build --manual_dir=<manual_dir>` or
+`happysad build --input <manual_dir>`; the default is `<data_dir>/downloads/manual/`.
 """
 
 
 @dataclasses.dataclass(eq=False, kw_only=True)
 class HappysadConfig(tfds.core.BuilderConfig):
-    """Where the faces come from and how they are cleaned.
+    """Where the faces come from and how the data job turns files into examples.
 
     Build variants with `make_config`, which names them after what differs from the defaults
-    (e.g. `synthetic_64`, `folder_pad_face`), so differently made datasets live side by side
+    (e.g. `synthetic_64`, `folder_pad`), so differently made datasets live side by side
     under `data_dir` and `tfds.load("happysad_tfds/<name>")` finds each one.
 
     Attributes:
       source: "synthetic" (the built-in renderer) or "folder" (happy/ and sad/ folders in
         the manual directory).
-      num_images: how many faces to render (synthetic only), half of them happy.
       seed: the renderer's seed (synthetic only).
-      cleaning: the validation and resize options of `pipeline.imaging`, applied to both.
+      data: the data job's options (pipeline.config.DataConfig; its `input` is the manual
+        directory at build time, and `num_images` counts synthetic faces).
     """
 
     source: str = "synthetic"
-    num_images: int = DEFAULT_NUM_IMAGES
     seed: int = 0
-    cleaning: imaging.CleaningOptions = imaging.DEFAULT_OPTIONS
+    data: config_lib.DataConfig = _DEFAULT_DATA
 
     def __post_init__(self):
-        if isinstance(self.cleaning, dict):  # from `tfds build --config '{...json...}'`
-            values = {
-                key: tuple(value) if isinstance(value, list) else value
-                for key, value in self.cleaning.items()
-            }
-            self.cleaning = imaging.CleaningOptions(**values)
+        if isinstance(self.data, dict):  # from `tfds build --config '{...json...}'`
+            self.data = config_lib.from_dict(config_lib.DataConfig, self.data)
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
-        if self.source == "synthetic" and self.num_images < 2:
-            raise ValueError(
-                f"num_images must be at least 2 (one per label), got {self.num_images}"
-            )
 
 
-def make_config(
-    source: str = "synthetic",
-    *,
-    num_images: int = DEFAULT_NUM_IMAGES,
-    seed: int = 0,
-    cleaning: imaging.CleaningOptions = imaging.DEFAULT_OPTIONS,
-) -> HappysadConfig:
-    """The config for these parameters, named after what differs from the defaults.
+def make_config(data: config_lib.DataConfig = _DEFAULT_DATA, seed: int = 0) -> HappysadConfig:
+    """The builder config for these options, named after what differs from the defaults.
 
-    Returns the registered `synthetic` or `folder` config itself when nothing differs (TFDS
-    refuses a new config object that reuses a registered name).
+    `data.input` set means the `folder` source (its path is not part of the name: the folder
+    is the manual directory); otherwise `synthetic`. Returns the registered `synthetic` or
+    `folder` config itself when nothing differs (TFDS refuses a new config object that
+    reuses a registered name).
     """
+    source = "folder" if data.input else "synthetic"
+    data = dataclasses.replace(data, input=None)
+    if source == "folder":
+        data = dataclasses.replace(data, num_images=DEFAULT_NUM_IMAGES)
+        seed = 0
     parts = [source]
-    if source == "synthetic":
-        parts += [str(num_images)] if num_images != DEFAULT_NUM_IMAGES else []
-        parts += [f"seed{seed}"] if seed else []
-    else:
-        num_images, seed = DEFAULT_NUM_IMAGES, 0
-    name = "_".join(parts) + _cleaning_suffix(cleaning)
+    if data.num_images != DEFAULT_NUM_IMAGES:
+        parts.append(str(data.num_images))
+    if seed:
+        parts.append(f"seed{seed}")
+    name = "_".join(parts) + _options_suffix(data)
     for registered in (SYNTHETIC, FOLDER):
         if registered.name == name:
             return registered
     return HappysadConfig(
-        name=name,
-        description=_describe(source, num_images, seed, cleaning),
-        source=source,
-        num_images=num_images,
-        seed=seed,
-        cleaning=cleaning,
+        name=name, description=_describe(source, data, seed), source=source, seed=seed, data=data
     )
 
 
-def _cleaning_suffix(cleaning: imaging.CleaningOptions) -> str:
-    """ "" for the default cleaning, else readable tokens plus a hash of every option."""
-    if cleaning == imaging.DEFAULT_OPTIONS:
+def _options_suffix(data: config_lib.DataConfig) -> str:
+    """ "" for the default options, else readable tokens plus a hash of every option."""
+    default = dataclasses.replace(_DEFAULT_DATA, num_images=data.num_images)
+    if data == default:
         return ""
     tokens = []
-    if cleaning.image_size != imaging.DEFAULT_OPTIONS.image_size:
-        tokens.append(f"{cleaning.image_size}px")
-    if cleaning.resize_policy != imaging.DEFAULT_OPTIONS.resize_policy:
-        tokens.append(cleaning.resize_policy)
-    if cleaning.face_crop:
-        tokens.append("face")
+    if data.transform.image_size != contract.IMAGE_SIZE:
+        tokens.append(f"{data.transform.image_size}px")
+    if data.transform.resize_policy != _DEFAULT_DATA.transform.resize_policy:
+        tokens.append(data.transform.resize_policy)
     readable = dataclasses.replace(
-        imaging.DEFAULT_OPTIONS,
-        image_size=cleaning.image_size,
-        resize_policy=cleaning.resize_policy,
-        face_crop=cleaning.face_crop,
+        default,
+        transform=dataclasses.replace(
+            default.transform,
+            image_size=data.transform.image_size,
+            resize_policy=data.transform.resize_policy,
+        ),
     )
-    if cleaning != readable:  # the other options get a short, stable fingerprint
-        encoded = json.dumps(dataclasses.asdict(cleaning), sort_keys=True).encode()
+    if data != readable:  # the other options get a short, stable fingerprint
+        encoded = json.dumps(config_lib.to_dict(data), sort_keys=True).encode()
         tokens.append(hashlib.sha256(encoded).hexdigest()[:8])
     return "_" + "_".join(tokens)
 
 
-def _describe(source: str, num_images: int, seed: int, cleaning: imaging.CleaningOptions) -> str:
+def _describe(source: str, data: config_lib.DataConfig, seed: int) -> str:
     if source == "synthetic":
-        origin = f"{num_images} faces drawn by the built-in renderer (seed {seed})"
+        origin = f"{data.num_images} faces drawn by the built-in renderer (seed {seed})"
     else:
         origin = "Your photos from happy/ and sad/ folders in the manual directory"
-    changed = {
-        field.name: getattr(cleaning, field.name)
-        for field in dataclasses.fields(cleaning)
-        if getattr(cleaning, field.name) != getattr(imaging.DEFAULT_OPTIONS, field.name)
-    }
-    cleaned = ", ".join(f"{key}={value}" for key, value in changed.items()) or "default cleaning"
-    return f"{origin}; {cleaned}."
+    transform = ", ".join(
+        f"{key}={value}" for key, value in config_lib.to_dict(data.transform).items()
+    )
+    return f"{origin}; transform: {transform}."
 
 
-SYNTHETIC = HappysadConfig(
-    name="synthetic",
-    description=_describe("synthetic", DEFAULT_NUM_IMAGES, 0, imaging.DEFAULT_OPTIONS),
-)
+SYNTHETIC = HappysadConfig(name="synthetic", description=_describe("synthetic", _DEFAULT_DATA, 0))
 FOLDER = HappysadConfig(
-    name="folder",
-    description=_describe("folder", DEFAULT_NUM_IMAGES, 0, imaging.DEFAULT_OPTIONS),
-    source="folder",
+    name="folder", description=_describe("folder", _DEFAULT_DATA, 0), source="folder"
 )
 
 
 class Builder(tfds.core.GeneratorBasedBuilder):
     """DatasetBuilder for happysad_tfds: 256x256 RGB faces labelled sad (0) or happy (1).
 
-    `BUILDER_CONFIGS` lists only `synthetic`, because a plain `tfds build` builds every
-    listed config and `folder` cannot be built without the user's photos; `folder` (and any
-    `make_config` variant) is built by name: `tfds build happysad_tfds/folder --manual_dir D`.
+    The build is the data job (`pipeline.data.job.DataJob`): the same Beam pipeline as
+    `happysad preprocess`, whose manifest.csv, summary.json, report.md and plots/ land in the
+    dataset version's folder beside the data they describe. `BUILDER_CONFIGS` lists only
+    `synthetic`, because a plain `tfds build` builds every listed config and `folder` cannot
+    be built without the user's photos; `folder` (and any `make_config` variant) is built by
+    name: `tfds build happysad_tfds/folder --manual_dir D`.
     """
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version("2.0.0")
     RELEASE_NOTES = {
         "1.0.0": "Initial release: synthetic and folder configs, content-hash splits.",
+        "2.0.0": "Pixels from the one TensorFlow transform that the exported model serves; "
+        "the data job's manifest and report beside the dataset; TIFF no longer accepted.",
     }
     BUILDER_CONFIGS = [SYNTHETIC]
     MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
@@ -173,11 +159,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         """Returns the dataset metadata."""
-        size = self.builder_config.cleaning.image_size
+        size = self.builder_config.data.transform.image_size
         return self.dataset_info_from_configs(
             features=tfds.features.FeaturesDict(
                 {
-                    "image": tfds.features.Image(shape=(size, size, 3)),
+                    "image": tfds.features.Image(shape=(size, size, contract.CHANNELS)),
                     "label": tfds.features.ClassLabel(names=_LABELS),
                     "image/filename": tfds.features.Text(),
                     "image/sha256": tfds.features.Text(),
@@ -188,25 +174,22 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         )
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager, pipeline):
-        """Cleans every image once, then partitions them by their content-hash split."""
+        """Runs the data job into the dataset's folder, then partitions its examples by split."""
         config = self.builder_config
-        if config.source == "synthetic":
-            root = ""
-            sources = pipeline | "RenderSyntheticFaces" >> synthetic_faces.RenderSyntheticFaces(
-                config.num_images, config.seed
-            )
-        else:
+        data = config.data
+        root = ""
+        if config.source == "folder":
             root = _manual_dir(dl_manager)
-            sources = _list_labelled_files(pipeline, root)
-        cleaned = sources | "CleanImages" >> preprocess.CleanImages(config.cleaning)
+            data = dataclasses.replace(data, input=root)
+        accepted = pipeline | "DataJob" >> job.DataJob(data, config.seed, str(self.data_dir))
         active = [
             split
-            for split, fraction in zip(splits.SPLITS, config.cleaning.split_fractions, strict=True)
+            for split, fraction in zip(splits.SPLITS, data.split_fractions, strict=True)
             if fraction > 0
         ]
-        checked = cleaned["accepted"] | "CheckCounts" >> _check_counts(root, active)
+        checked = accepted | "CheckCounts" >> _check_counts(root, active)
         by_split = (
-            cleaned["accepted"]
+            accepted
             | "EncodeExamples" >> beam.Map(_to_example, root)
             | "PartitionBySplit"
             >> beam.Partition(lambda keyed, _: active.index(keyed[0]), len(active))
@@ -223,7 +206,10 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         raise NotImplementedError("happysad_tfds generates its splits in _split_generators")
 
     def _process_pipeline_result(self, pipeline_result) -> None:
-        """Stores the class balance per split and the cleaning verdicts in the metadata."""
+        """Stores the class balance, the data job's verdicts and its options in the metadata.
+
+        `transform` is what `happysad export` builds the serving graph from.
+        """
         counters = _counters(pipeline_result)
         class_counts = {
             split: {
@@ -231,13 +217,16 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             }
             for split in splits.SPLITS
         }
-        cleaning = {
-            name: value for (namespace, name), value in counters.items() if namespace == "happysad"
+        verdicts = {
+            name: value
+            for (namespace, name), value in counters.items()
+            if namespace == job.METRICS_NAMESPACE
         }
         self.info.metadata["class_counts"] = class_counts
-        self.info.metadata["cleaning"] = dict(sorted(cleaning.items()))
-        self.info.metadata["cleaning_options"] = dataclasses.asdict(self.builder_config.cleaning)
-        logger.info("Examples per split and label: %s; cleaning: %s", class_counts, cleaning)
+        self.info.metadata["cleaning"] = dict(sorted(verdicts.items()))
+        self.info.metadata["data"] = config_lib.to_dict(self.builder_config.data)
+        self.info.metadata["transform"] = config_lib.to_dict(self.builder_config.data.transform)
+        logger.info("Examples per split and label: %s; verdicts: %s", class_counts, verdicts)
 
 
 def _manual_dir(dl_manager: tfds.download.DownloadManager) -> str:
@@ -249,16 +238,6 @@ def _manual_dir(dl_manager: tfds.download.DownloadManager) -> str:
         raise errors.UserError(
             f"manual directory {missing} is missing or empty: put your photos in its happy/ "
             "and sad/ sub-folders (or pass another folder with --manual_dir)"
-        ) from None
-
-
-def _list_labelled_files(pipeline, root: str):
-    """preprocess.ListLabelledFiles, whose errors also say what the folder should hold."""
-    try:
-        return pipeline | "ListLabelledFiles" >> preprocess.ListLabelledFiles(root)
-    except errors.UserError as error:
-        raise errors.UserError(
-            f"{error}: put photos of happy faces in {root}/happy/ and of sad faces in {root}/sad/"
         ) from None
 
 
@@ -286,8 +265,9 @@ def _require_images(counts: dict, root: str, active_splits: list[str]) -> dict:
                 raise errors.UserError(f"the synthetic source made no usable {label} image")
             raise errors.UserError(
                 f"no usable {label} image in {root}/{label}/: add JPEG or PNG photos of "
-                f"{label} faces there (every file in it was unreadable, corrupt, too small or "
-                "also filed under the other label)"
+                f"{label} faces there (every file in it was unreadable, corrupt, too small, of "
+                f"another format or also filed under the other label: see "
+                f"{contract.MANIFEST_FILE} beside the dataset for each file's reason)"
             )
     total = sum(counts.values())
     for split in active_splits:
@@ -300,13 +280,13 @@ def _require_images(counts: dict, root: str, active_splits: list[str]) -> dict:
     return counts
 
 
-def _to_example(image: schema.CleanImage, root: str):
+def _to_example(image, root: str):
     """(split, (key, feature dict)): the key is the content hash, stable and never a path."""
     filename = image.path
     if root and filename.startswith(root.rstrip("/") + "/"):
         filename = filename[len(root.rstrip("/")) + 1 :]
     example = {
-        "image": preprocess.encode_png(image.image),
+        "image": image.image,
         "label": image.label,
         "image/filename": filename,
         "image/sha256": image.sha256,

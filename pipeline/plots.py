@@ -4,12 +4,12 @@ Figures are drawn on matplotlib's object API (no pyplot global state, no backend
 each PNG is written aside and renamed, so a reader never opens half an image.
 """
 
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib import figure
+
+from pipeline import artifacts
 
 # Columns of a Keras history.csv that are not curves to plot against the epoch.
 _NOT_CURVES = ("epoch", "lr", "learning_rate")
@@ -17,10 +17,9 @@ _DPI = 100
 
 
 def _save(fig: figure.Figure, path: str) -> str:
-    partial_path = f"{path}.tmp-{uuid.uuid4().hex}"
-    fig.savefig(partial_path, format="png", dpi=_DPI, bbox_inches="tight")
-    os.replace(partial_path, path)
-    return path
+    return artifacts.write_with(
+        path, lambda temporary: fig.savefig(temporary, format="png", dpi=_DPI, bbox_inches="tight")
+    )
 
 
 def confusion_matrix(
@@ -70,8 +69,12 @@ def roc_curve(
     return _save(fig, path)
 
 
-def training_curves(path: str, history: Mapping[str, Sequence[float]]) -> str:
+def training_curves(path: str, history: Mapping[str, Sequence[float | None]]) -> str:
     """One panel per metric of a Keras history, its `val_` twin beside it.
+
+    Args:
+        path: the PNG to write.
+        history: column -> one value per epoch (artifacts.read_history; None: no value).
 
     Raises:
         ValueError: the history holds no metric to plot.
@@ -86,11 +89,15 @@ def training_curves(path: str, history: Mapping[str, Sequence[float]]) -> str:
     fig = figure.Figure(figsize=(4.2 * len(names), 3.4))
     for index, name in enumerate(names, start=1):
         axes = fig.add_subplot(1, len(names), index)
-        axes.plot(epochs, history[name], marker=".", label=name)
+        axes.plot(epochs, _values(history[name]), marker=".", label=name)
         if not name.startswith("val_") and f"val_{name}" in history:
-            axes.plot(epochs, history[f"val_{name}"], marker=".", label=f"val_{name}")
+            axes.plot(epochs, _values(history[f"val_{name}"]), marker=".", label=f"val_{name}")
         axes.set(xlabel="epoch", title=name)
         axes.grid(alpha=0.3)
         axes.legend()
     fig.suptitle("Training curves")
     return _save(fig, path)
+
+
+def _values(values: Sequence[float | None]) -> np.ndarray:
+    return np.array([np.nan if value is None else value for value in values], dtype=float)

@@ -19,20 +19,11 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-import pipeline
+from pipeline import artifacts
 
 RECORD_FILE = "record.json"
-_CHUNK = 1 << 20
 
 logger = logging.getLogger(__name__)
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with FileSystems.open(path) as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fingerprint(path: str) -> dict[str, Any]:
@@ -45,7 +36,7 @@ def fingerprint(path: str) -> dict[str, Any]:
     if not FileSystems.exists(path):
         raise FileNotFoundError(f"stage input {path} does not exist")
     if not _is_directory(path):
-        return {"path": path, "sha256": _file_sha256(path), "files": 1}
+        return {"path": path, "sha256": artifacts.file_sha256(path), "files": 1}
     prefix = path.rstrip("/") + "/"
     files = sorted(
         metadata.path
@@ -56,7 +47,9 @@ def fingerprint(path: str) -> dict[str, Any]:
     digest = hashlib.sha256()
     for file_path in files:
         relative = file_path[len(prefix) :]
-        digest.update(relative.encode("utf-8") + b"\0" + _file_sha256(file_path).encode() + b"\n")
+        digest.update(
+            relative.encode("utf-8") + b"\0" + artifacts.file_sha256(file_path).encode() + b"\n"
+        )
     return {"path": path, "sha256": digest.hexdigest(), "files": len(files)}
 
 
@@ -74,16 +67,18 @@ class StageRecord:
     parameters: dict[str, Any]
     inputs: dict[str, dict[str, Any]]
     outputs: dict[str, Any]
-    code_version: str
+    code_version: dict[str, str]
     started: str
     seconds: float
 
     def cache_key(self) -> dict[str, Any]:
         """What must be equal for a previous execution to stand in for a new one."""
+        code = self.code_version if isinstance(self.code_version, dict) else {}
         return {
             "parameters": self.parameters,
             "inputs": {name: value.get("sha256") for name, value in self.inputs.items()},
-            "code_version": self.code_version,
+            # The sources' hash, not the package version: a changed trainer retrains.
+            "code": code.get("sources_sha256"),
         }
 
 
@@ -102,12 +97,7 @@ def read_record(stage_dir: str) -> StageRecord | None:
 
 def write_record(stage_dir: str, record: StageRecord) -> None:
     """Writes the record aside and renames it, so a crash never leaves a half record."""
-    os.makedirs(stage_dir, exist_ok=True)
-    path = os.path.join(stage_dir, RECORD_FILE)
-    temporary = path + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(dataclasses.asdict(record), handle, indent=2, sort_keys=True, default=str)
-    os.replace(temporary, path)
+    artifacts.write_json(os.path.join(stage_dir, RECORD_FILE), dataclasses.asdict(record))
 
 
 def _jsonable(value: Any) -> Any:
@@ -155,7 +145,7 @@ class StageRunner:
             parameters=_jsonable(dict(parameters)),
             inputs={name: fingerprint(path) for name, path in inputs.items()},
             outputs={},
-            code_version=pipeline.__version__,
+            code_version=artifacts.code_version(),
             started=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             seconds=0.0,
         )

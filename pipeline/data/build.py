@@ -2,11 +2,13 @@
 
     happysad build                                    # the default: 2,000 synthetic faces
     happysad build --num-images 64 --data-dir /tmp/tfds
-    happysad build --config folder --manual-dir photos/   # photos/happy/*.jpg, photos/sad/*.jpg
+    happysad build --input photos/                    # photos/happy/*.jpg, photos/sad/*.jpg
     happysad build --direct_num_workers=2 --direct_running_mode=multi_processing
 
-Unrecognised --flags are Beam pipeline options, exactly as `tfds build --beam_pipeline_options`
-takes them, so the same command scales out on Dataflow, Flink or Spark.
+The build is the data job (pipeline.data.job): its manifest and report land beside the
+dataset version. Unrecognised --flags are Beam pipeline options, exactly as `tfds build
+--beam_pipeline_options` takes them, so the same command scales out on Dataflow, Flink or
+Spark.
 """
 
 import dataclasses
@@ -14,92 +16,86 @@ import logging
 import os
 import re
 
-from pipeline import errors
-from pipeline.data import imaging, splits
+from pipeline import artifacts, errors
+from pipeline import config as config_lib
+from pipeline.data import splits
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("synthetic", "folder")
 DATASET_NAME = "happysad_tfds"
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class BuildConfig(imaging.CleaningOptions):
-    """`happysad build`: which config to build, where, and the cleaning options (inherited)."""
+@dataclasses.dataclass(frozen=True)
+class BuildArguments:
+    """Where `happysad build` writes (the input is --input, part of the data options)."""
 
-    config: str = dataclasses.field(
-        default="synthetic",
-        metadata={
-            "help": "synthetic: the built-in face renderer; folder: your photos in "
-            "happy/ and sad/ sub-folders of --manual-dir",
-            "choices": SOURCES,
-        },
-    )
-    data_dir: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "TFDS data directory (default: TFDS's own, ~/tensorflow_datasets)"},
-    )
-    manual_dir: str | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "with --config folder: the folder holding happy/ and sad/ "
-            "(default: <data-dir>/downloads/manual)",
-            "flags": ("--manual-dir", "--manual_dir", "--input"),
-        },
-    )
-    num_images: int | None = dataclasses.field(
-        default=None,
-        metadata={"help": "with --config synthetic: how many faces to render (default: 2000)"},
-    )
-    seed: int = dataclasses.field(
-        default=0,
-        metadata={"help": "with --config synthetic: the renderer's seed (folder ignores it)"},
-    )
-    overwrite: bool = dataclasses.field(
-        default=False,
-        metadata={"help": "rebuild even if this dataset version already exists"},
-    )
-    beam_args: tuple[str, ...] = dataclasses.field(
-        default=(),
-        metadata={"help": "Beam pipeline options", "passthrough": True},
-    )
+    data_dir: str | None = None  # TFDS data directory (default: TFDS's own, ~/tensorflow_datasets)
+    overwrite: bool = False  # rebuild even if this dataset version already exists
 
 
-def run(config: BuildConfig) -> dict:
-    """Builds (or reuses) the dataset, then describes it.
+def builder_for(config: config_lib.Config, data_dir: str | None = None):
+    """The happysad_tfds builder of `config.data` and `config.seed` in `data_dir`.
+
+    Raises:
+        UserError: a local --input folder that does not exist.
+    """
+    import happysad_tfds
+
+    data = config.data
+    if data.input is not None and artifacts.is_local(data.input):
+        if not os.path.isdir(data.input):
+            raise errors.UserError(
+                f"input folder {data.input} does not exist: give a folder with happy/ and sad/ "
+                "sub-folders of images"
+            )
+    builder_config = happysad_tfds.make_config(data, config.seed)
+    return happysad_tfds.Builder(config=builder_config, data_dir=data_dir)
+
+
+def run(
+    config: config_lib.Config,
+    *,
+    data_dir: str | None = None,
+    overwrite: bool = False,
+    beam_args: tuple[str, ...] = (),
+) -> dict:
+    """Builds (or reuses) the dataset of `config.data`, then describes it.
 
     Returns:
       {"name", "config", "version", "data_dir", "dataset_dir", "load", "reused",
-       "splits": {split: {"num_examples", "happy", "sad"}}, "cleaning": verdict counts}.
+       "splits": {split: {"num_examples", "happy", "sad"}}, "cleaning": verdict counts,
+       "report": the report's path}.
 
     Raises:
-      UserError: for options that do not fit the config, a missing or empty manual
-        directory, a missing label folder, or a label without a single usable image.
+      UserError: a missing input folder, a missing label folder, or a label without a
+        single usable image.
     """
     import tensorflow_datasets as tfds  # lazily: `happysad --help` must stay fast
 
-    import happysad_tfds
-    from pipeline.data import beam_options
+    from pipeline.data import beam_options, sources  # lazily, as TFDS: Beam to build only
 
-    builder_config = _builder_config(config)
-    builder = happysad_tfds.Builder(config=builder_config, data_dir=config.data_dir)
-    reused = builder.is_prepared() and not config.overwrite
-    manual_dir = config.manual_dir
-    if manual_dir is not None and "://" not in manual_dir:
-        manual_dir = os.path.abspath(manual_dir)  # Beam workers may not share our cwd
-    options = beam_options.from_args(config.beam_args)
+    builder = builder_for(config, data_dir)
+    reused = builder.is_prepared() and not overwrite
+    manual_dir = config.data.input
+    if manual_dir is not None:
+        manual_dir = sources.check_root(manual_dir)
+        if artifacts.is_local(manual_dir):
+            manual_dir = os.path.abspath(manual_dir)  # Beam workers may not share our cwd
+    options = beam_options.from_args(beam_args)
     download_config = tfds.download.DownloadConfig(
         manual_dir=manual_dir,
         beam_runner=beam_options.local_runner(options),
         beam_options=options,
         download_mode=(
             tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-            if config.overwrite
+            if overwrite
             else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
         ),
     )
     action = "Reusing" if reused else "Building"
-    logger.info("%s %s/%s in %s", action, DATASET_NAME, builder_config.name, builder.data_dir)
+    logger.info(
+        "%s %s/%s in %s", action, DATASET_NAME, builder.builder_config.name, builder.data_dir
+    )
     try:
         builder.download_and_prepare(download_config=download_config)
     except errors.UserError:
@@ -110,33 +106,6 @@ def run(config: BuildConfig) -> dict:
             raise
         raise errors.UserError(message) from error
     return describe(builder, reused=reused)
-
-
-def _builder_config(config: BuildConfig):
-    """The happysad_tfds config for these options; UserError for options that do not apply."""
-    import happysad_tfds
-
-    if config.config == "synthetic" and config.manual_dir is not None:
-        raise errors.UserError("--manual-dir only applies to --config folder")
-    if config.config == "folder" and config.num_images is not None:
-        raise errors.UserError("--num-images only applies to --config synthetic")
-    if config.manual_dir is not None and "://" not in config.manual_dir:
-        if not os.path.isdir(config.manual_dir):
-            raise errors.UserError(
-                f"manual directory {config.manual_dir} does not exist: create it with happy/ "
-                "and sad/ sub-folders of face photos"
-            )
-    num_images = (
-        happysad_tfds.DEFAULT_NUM_IMAGES if config.num_images is None else config.num_images
-    )
-    if num_images < 2:
-        raise errors.UserError(f"--num-images must be at least 2 (one per label), got {num_images}")
-    return happysad_tfds.make_config(
-        config.config,
-        num_images=num_images,
-        seed=config.seed,
-        cleaning=imaging.options_from(config),
-    )
 
 
 # The sentence of a UserError raised on a Beam worker, as the runner re-raises it: the
@@ -184,4 +153,5 @@ def describe(builder, reused: bool = False) -> dict:
         "reused": reused,
         "splits": split_summary,
         "cleaning": dict(info.metadata.get("cleaning", {})) if info.metadata else {},
+        "report": os.path.join(os.fspath(builder.data_dir), "report.md"),
     }

@@ -1,4 +1,13 @@
-"""The preprocessing report: counts, shortcut warnings, and plots a person can skim in a minute."""
+"""The data job's report: counts, warnings and plots a person can skim in a minute.
+
+Everything here is computed from mergeable statistics (`Statistics`, a Beam CombineFn over
+the manifest rows) and fixed-size samples, never from every row at once, so the report of a
+million files costs what the report of a thousand does. Written by `WriteReport`:
+
+    OUT/report.md      totals, warnings, tables, the plots below
+    OUT/plots/*.png    class balance, rejects by reason, original sizes, samples
+    OUT/summary.json   the counts and warnings as JSON; written last: it marks completion
+"""
 
 import collections
 import io
@@ -7,113 +16,38 @@ import logging
 import math
 import os
 
-import matplotlib
+import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from matplotlib import figure as figure_lib
+from matplotlib import ticker
+from PIL import Image
 
-matplotlib.use("Agg")  # files only, never a window (and no display on workers)
-from matplotlib import pyplot, ticker  # noqa: E402
+from pipeline import artifacts, contract
+from pipeline import config as config_lib
+from pipeline.data import splits, validate
 
-from pipeline.data import imaging, preprocess, schema, splits
-
-logger = logging.getLogger(__name__)
-
-REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
-
 # A property "predicts the label by itself" when one threshold or one value table on it alone
 # reaches this balanced accuracy over the accepted images, with enough images of each label.
 SHORTCUT_ACCURACY = 0.9
 SHORTCUT_MIN_PER_LABEL = 10
-# Categorical properties (few values) and numeric ones (split by one threshold).
-CATEGORICAL_PROPERTIES = ("format", "mode", "grayscale", "orientation", "face", "extension")
+# The larger class more than this many times the smaller one: the report warns.
+IMBALANCE_RATIO = 1.5
+CATEGORICAL_PROPERTIES = ("format", "grayscale", "orientation", "extension")
 NUMERIC_PROPERTIES = ("width", "height", "pixels", "aspect_ratio", "bytes", "brightness")
 _MAX_CATEGORIES = 12
+_BINS_PER_OCTAVE = 8  # sizes are counted in bins of 2**(1/8): a 9% step
 SAMPLES_PER_ROW = 8
 _THUMBNAIL_SIDE = 96
 _LABEL_COLOURS = {"happy": "#e6a100", "sad": "#3a6ea5"}
+_DPI = 100
 
-
-def summarize(rows: list[dict]) -> dict:
-    """Counts by status, reason, label and split; `input_files` is the number of rows.
-
-    `split` counts accepted images only (rejected ones have no split); `accepted` breaks them
-    down by split and label, which is the class balance training will see.
-    """
-    accepted = [row for row in rows if row["status"] == imaging.ACCEPTED]
-    by_split_and_label = {split: {label: 0 for label in schema.LABELS} for split in splits.SPLITS}
-    for row in accepted:
-        by_split_and_label[row["split"]][row["label"]] += 1
-    return {
-        "input_files": len(rows),
-        "status": _counts(row["status"] for row in rows),
-        "reason": _counts(row["reason"] for row in rows if row["reason"]),
-        "label": _counts(row["label"] for row in rows),
-        "split": _counts(row["split"] for row in accepted),
-        "accepted": by_split_and_label,
-    }
-
-
-def _counts(values) -> dict:
-    return dict(sorted(collections.Counter(values).items()))
-
-
-def summary_json(summary: dict) -> str:
-    return json.dumps(summary, indent=2, sort_keys=False) + "\n"
+logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------
-# Shortcuts: properties that give the label away.
-
-
-def find_shortcuts(rows: list[dict]) -> list[str]:
-    """One warning sentence per image property that predicts the label by itself.
-
-    For example all happy images grayscale and all sad ones colour: a classifier would learn
-    the colour, not the expression. Each property is scored by the balanced accuracy of the
-    best rule that looks at it alone (a value table for categorical properties, one threshold
-    for numeric ones), over the accepted images.
-    """
-    accepted = [_properties(row) for row in rows if row["status"] == imaging.ACCEPTED]
-    per_label = collections.Counter(row["label"] for row in accepted)
-    if len(per_label) < 2 or min(per_label.values()) < SHORTCUT_MIN_PER_LABEL:
-        return []
-    warnings = []
-    for name in CATEGORICAL_PROPERTIES + NUMERIC_PROPERTIES:
-        pairs = [(row[name], row["label"]) for row in accepted if row[name] is not None]
-        if len({label for _, label in pairs}) < 2:
-            continue
-        if name in CATEGORICAL_PROPERTIES:
-            finding = _categorical_rule(pairs)
-        else:
-            finding = _threshold_rule(pairs)
-        if finding and finding[0] >= SHORTCUT_ACCURACY:
-            accuracy, rule = finding
-            warnings.append(
-                f"{name} predicts the label by itself ({rule}; balanced accuracy "
-                f"{accuracy:.0%} over {len(pairs)} accepted images): a classifier could learn "
-                f"this shortcut instead of the expression."
-            )
-    return warnings
-
-
-def _properties(row: dict) -> dict:
-    """A manifest row's properties as Python values (None where unknown)."""
-    width, height = _number(row["width"]), _number(row["height"])
-    return {
-        "label": row["label"],
-        "format": row["format"] or None,
-        "mode": row["mode"] or None,
-        "grayscale": row["grayscale"] or None,
-        "orientation": row["orientation"] or None,
-        "face": row["face"] or None,
-        "extension": os.path.splitext(row["path"])[1].lower() or "(none)",
-        "width": width,
-        "height": height,
-        "pixels": width * height if width and height else None,
-        "aspect_ratio": round(width / height, 3) if width and height else None,
-        "bytes": _number(row["bytes"]),
-        "brightness": _number(row["brightness"]),
-    }
+# Statistics: one mergeable accumulator for the whole manifest.
 
 
 def _number(text) -> float | None:
@@ -124,14 +58,155 @@ def _number(text) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _categorical_rule(pairs) -> tuple[float, str] | None:
+def row_properties(row: dict) -> dict:
+    """A manifest row's report properties (None where unknown)."""
+    width, height = _number(row["width"]), _number(row["height"])
+    return {
+        "format": row["format"] or None,
+        "grayscale": None if row["grayscale"] == "" else str(row["grayscale"]),
+        "orientation": None if row["orientation"] == "" else str(row["orientation"]),
+        "extension": os.path.splitext(row["path"])[1].lower() or "(none)",
+        "width": width,
+        "height": height,
+        "pixels": width * height if width and height else None,
+        "aspect_ratio": width / height if width and height else None,
+        "bytes": _number(row["bytes"]),
+        "brightness": _number(row["brightness"]),
+    }
+
+
+def _bin(name: str, value: float) -> float:
+    """The bin a numeric property's value is counted in (its lower edge)."""
+    if name == "brightness":
+        return float(math.floor(value))
+    if name == "aspect_ratio":
+        return math.floor(value * 100) / 100
+    if value <= 0:
+        return 0.0
+    return 2 ** (math.floor(math.log2(value) * _BINS_PER_OCTAVE) / _BINS_PER_OCTAVE)
+
+
+def _empty() -> dict:
+    return {
+        "input_files": 0,
+        "status": collections.Counter(),
+        "reason": collections.Counter(),
+        "label": collections.Counter(),
+        "accepted": collections.Counter(),  # (split, label)
+        "categorical": collections.Counter(),  # (property, value, label), accepted only
+        "numeric": collections.Counter(),  # (property, bin, label), accepted only
+        "sizes": collections.Counter(),  # (width bin, height bin, label, accepted)
+    }
+
+
+def _add(accumulator: dict, row: dict) -> dict:
+    accumulator["input_files"] += 1
+    accumulator["status"][row["status"]] += 1
+    accumulator["label"][row["label"]] += 1
+    if row["reason"]:
+        accumulator["reason"][row["reason"]] += 1
+    properties = row_properties(row)
+    accepted = row["status"] == validate.ACCEPTED
+    if properties["width"] and properties["height"]:
+        key = (_bin("width", properties["width"]), _bin("height", properties["height"]))
+        accumulator["sizes"][(*key, row["label"], accepted)] += 1
+    if not accepted:
+        return accumulator
+    accumulator["accepted"][(row["split"], row["label"])] += 1
+    for name in CATEGORICAL_PROPERTIES:
+        if properties[name] is not None:
+            accumulator["categorical"][(name, properties[name], row["label"])] += 1
+    for name in NUMERIC_PROPERTIES:
+        if properties[name] is not None:
+            accumulator["numeric"][(name, _bin(name, properties[name]), row["label"])] += 1
+    return accumulator
+
+
+class Statistics(beam.CombineFn):
+    """Manifest rows -> the report's counts, tables and histograms (mergeable, bounded size)."""
+
+    def create_accumulator(self):
+        return _empty()
+
+    def add_input(self, accumulator, row):
+        return _add(accumulator, row)
+
+    def merge_accumulators(self, accumulators):
+        merged = _empty()
+        for accumulator in accumulators:
+            merged["input_files"] += accumulator["input_files"]
+            for name, counts in accumulator.items():
+                if name != "input_files":
+                    merged[name].update(counts)
+        return merged
+
+    def extract_output(self, accumulator):
+        return accumulator
+
+
+def summarize(statistics: dict) -> dict:
+    """The JSON summary: counts by status, reason, label and split, and per split and label."""
+    accepted = {
+        split: {label: statistics["accepted"][(split, label)] for label in contract.LABELS}
+        for split in splits.SPLITS
+    }
+    return {
+        "input_files": statistics["input_files"],
+        "status": dict(sorted(statistics["status"].items())),
+        "reason": dict(sorted(statistics["reason"].items())),
+        "label": dict(sorted(statistics["label"].items())),
+        "split": {split: sum(counts.values()) for split, counts in accepted.items()},
+        "accepted": accepted,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Warnings.
+
+
+def find_shortcuts(statistics: dict) -> list[str]:
+    """One warning sentence per image property that predicts the label by itself.
+
+    For example all happy images grayscale and all sad ones colour: a classifier would learn
+    the colour, not the expression. Each property is scored by the balanced accuracy of the
+    best rule that looks at it alone (a value table for categorical properties, one threshold
+    between bins for numeric ones), over the accepted images.
+    """
+    per_label = collections.Counter()
+    for (_, label), count in statistics["accepted"].items():
+        per_label[label] += count
+    if len(per_label) < 2 or min(per_label.values()) < SHORTCUT_MIN_PER_LABEL:
+        return []
+    warnings = []
+    for name in CATEGORICAL_PROPERTIES + NUMERIC_PROPERTIES:
+        source = "categorical" if name in CATEGORICAL_PROPERTIES else "numeric"
+        table = collections.defaultdict(collections.Counter)
+        for (prop, value, label), count in statistics[source].items():
+            if prop == name:
+                table[value][label] += count
+        labels = {label for counts in table.values() for label in counts}
+        if len(labels) < 2:
+            continue
+        rule = _categorical_rule if source == "categorical" else _threshold_rule
+        finding = rule(table)
+        if finding and finding[0] >= SHORTCUT_ACCURACY:
+            accuracy, described = finding
+            images = sum(sum(counts.values()) for counts in table.values())
+            warnings.append(
+                f"{name} predicts the label by itself ({described}; balanced accuracy "
+                f"{accuracy:.0%} over {images} accepted images): a classifier could learn "
+                f"this shortcut instead of the expression."
+            )
+    return warnings
+
+
+def _categorical_rule(table: dict) -> tuple[float, str] | None:
     """Balanced accuracy of predicting, for each value, the label it is most typical of."""
-    table = collections.defaultdict(collections.Counter)
-    for value, label in pairs:
-        table[str(value)][label] += 1
     if len(table) > _MAX_CATEGORIES or len(table) < 2:
         return None
-    totals = collections.Counter(label for _, label in pairs)
+    totals = collections.Counter()
+    for counts in table.values():
+        totals.update(counts)
     recall = collections.Counter()
     for counts in table.values():
         best = max(totals, key=lambda label: counts[label] / totals[label])
@@ -144,57 +219,163 @@ def _categorical_rule(pairs) -> tuple[float, str] | None:
     return accuracy, described
 
 
-def _threshold_rule(pairs) -> tuple[float, str] | None:
-    """Balanced accuracy of the best single threshold on a numeric property."""
-    values = np.array([value for value, _ in pairs], dtype=np.float64)
-    labels = sorted({label for _, label in pairs})
-    if len(labels) != 2 or len(np.unique(values)) < 2:
+def _threshold_rule(table: dict) -> tuple[float, str] | None:
+    """Balanced accuracy of the best single threshold between the bins of a numeric property."""
+    labels = sorted({label for counts in table.values() for label in counts})
+    bins = sorted(table)
+    if len(labels) != 2 or len(bins) < 2:
         return None
-    is_first = np.array([label == labels[0] for _, label in pairs])
-    order = np.argsort(values, kind="stable")
-    values, is_first = values[order], is_first[order]
-    first_below = np.cumsum(is_first)  # first-label images at or below each cut
-    second_below = np.cumsum(~is_first)
-    first_total, second_total = first_below[-1], second_below[-1]
-    cuts = np.flatnonzero(values[:-1] < values[1:])  # only between distinct values
-    # Rule A: first label below the cut. Rule B: the reverse.
-    rule_a = (first_below[cuts] / first_total + 1 - second_below[cuts] / second_total) / 2
+    first = np.cumsum([table[edge][labels[0]] for edge in bins])
+    second = np.cumsum([table[edge][labels[1]] for edge in bins])
+    # Rule A: the first label at or below a cut. Rule B: the reverse.
+    rule_a = (first[:-1] / first[-1] + 1 - second[:-1] / second[-1]) / 2
     rule_b = 1 - rule_a
     best_a, best_b = int(np.argmax(rule_a)), int(np.argmax(rule_b))
     if rule_a[best_a] >= rule_b[best_b]:
-        accuracy, cut, below = rule_a[best_a], cuts[best_a], labels[0]
+        accuracy, cut, below, above = rule_a[best_a], best_a, labels[0], labels[1]
     else:
-        accuracy, cut, below = rule_b[best_b], cuts[best_b], labels[1]
-    threshold = (values[cut] + values[cut + 1]) / 2
-    above = labels[1] if below == labels[0] else labels[0]
-    return float(accuracy), f"under {threshold:g} mostly {below}, over it mostly {above}"
+        accuracy, cut, below, above = rule_b[best_b], best_b, labels[1], labels[0]
+    threshold = bins[cut + 1]
+    return float(accuracy), f"under {threshold:g} mostly {below}, from it on mostly {above}"
+
+
+def find_imbalance(statistics: dict) -> list[str]:
+    """A warning when one label has IMBALANCE_RATIO times the other's accepted images."""
+    per_label = collections.Counter()
+    for (_, label), count in statistics["accepted"].items():
+        per_label[label] += count
+    counts = [per_label[label] for label in contract.LABELS]
+    if min(counts) == 0 or max(counts) / min(counts) < IMBALANCE_RATIO:
+        return []
+    large, small = sorted(contract.LABELS, key=lambda label: -per_label[label])
+    return [
+        f"class imbalance: {per_label[large]} {large} vs {per_label[small]} {small} images "
+        f"({per_label[large] / per_label[small]:.1f}:1); always answering '{large}' would score "
+        f"{per_label[large] / sum(counts):.0%} accuracy. Training with class weights (the "
+        "recommended and seed_augmented recipes, or --class-weights) weighs each class by the "
+        "inverse of its frequency (train_params.json records the weights); judge the model by "
+        "its AUC and per-class recall in metrics.json, not by accuracy alone."
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
-# The report and its plots.
+# Samples.
 
 
-def write_report(output: str, rows: list[dict], summary: dict) -> str:
-    """Writes OUT/report.md and its plots under OUT/plots/; returns the report's path."""
-    plots = {
+def thumbnail(image: np.ndarray, side: int = _THUMBNAIL_SIDE) -> np.ndarray:
+    """A (side, side, 3) uint8 preview of the transform's pixels, for the samples plot."""
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.BOX))
+
+
+class Samples(beam.PTransform):
+    """{"accepted": CleanImages, "rows": manifest rows} -> one list of sample tiles.
+
+    Deterministic: the accepted images with the smallest content hashes per label, and per
+    reason the rejected file with the first path, so reruns draw the same grid.
+    """
+
+    def expand(self, inputs):
+        accepted = (
+            inputs["accepted"]
+            | "KeyByLabel" >> beam.Map(lambda image: (image.label, (image.sha256, image.image)))
+            | "FirstPerLabel" >> beam.combiners.Top.SmallestPerKey(SAMPLES_PER_ROW, key=_first)
+            | "Thumbnails"
+            >> beam.FlatMap(
+                lambda element: [
+                    {"label": element[0], "reason": "", "image": thumbnail(image)}
+                    for _, image in element[1]
+                ]
+            )
+        )
+        rejected = (
+            inputs["rows"]
+            | "Rejected" >> beam.Filter(lambda row: row["status"] == validate.REJECTED)
+            | "KeyByReason" >> beam.Map(lambda row: (row["reason"], (row["path"], row["label"])))
+            | "FirstPerReason" >> beam.combiners.Top.SmallestPerKey(1)
+            | "Tiles"
+            >> beam.Map(
+                lambda element: {
+                    "label": element[1][0][1],
+                    "reason": element[0],
+                    "path": element[1][0][0],
+                    "image": None,
+                }
+            )
+        )
+        return (accepted, rejected) | "AllSamples" >> beam.Flatten()
+
+
+def _first(item):
+    return item[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing the report.
+
+
+class WriteReport(beam.PTransform):
+    """{"rows", "accepted", "manifest"} -> OUT/report.md, OUT/plots/, then OUT/summary.json."""
+
+    def __init__(self, output_dir: str, data: config_lib.DataConfig):
+        super().__init__()
+        self._output_dir = output_dir
+        self._data = data
+
+    def expand(self, inputs):
+        statistics = inputs["rows"] | "Statistics" >> beam.CombineGlobally(Statistics())
+        samples = inputs | "Samples" >> Samples()
+        return statistics | "Write" >> beam.Map(
+            write_report,
+            self._output_dir,
+            self._data,
+            beam.pvalue.AsList(samples),
+            beam.pvalue.AsList(inputs["manifest"]),  # waits for manifest.csv
+        )
+
+
+def write_report(
+    statistics: dict,
+    output_dir: str,
+    data: config_lib.DataConfig,
+    samples: list[dict],
+    written: list | None = None,
+) -> dict:
+    """Writes the plots, report.md and summary.json (last); returns the summary.
+
+    Args:
+        statistics: the `Statistics` of every manifest row.
+        output_dir: OUT (any Beam file system).
+        data: the data job's configuration (the report shows its transform).
+        samples: sample tiles from `Samples`.
+        written: only waited for (the manifest's path), so that summary.json comes last.
+    """
+    del written
+    summary = summarize(statistics)
+    summary["warnings"] = find_imbalance(statistics) + find_shortcuts(statistics)
+    summary["transform"] = config_lib.to_dict(data.transform)
+    for name, figure in {
         "class_balance": _plot_class_balance(summary),
-        "sizes": _plot_sizes(rows),
+        "sizes": _plot_sizes(statistics),
         "rejects": _plot_rejects(summary),
-        "samples": _plot_samples(output, rows),
-    }
-    for name, figure in plots.items():
-        _save(figure, preprocess.FileSystems.join(output, PLOTS_DIR, f"{name}.png"))
-    path = preprocess.FileSystems.join(output, REPORT_FILE)
-    preprocess.write_atomically(path, render_markdown(summary).encode("utf-8"))
-    logger.info("Wrote the report to %s", path)
-    return path
+        "samples": _plot_samples(samples),
+    }.items():
+        _save(figure, FileSystems.join(output_dir, PLOTS_DIR, f"{name}.png"))
+    artifacts.write_text(
+        FileSystems.join(output_dir, contract.REPORT_FILE), render_markdown(summary)
+    )
+    for warning in summary["warnings"]:
+        logger.warning("Data: %s", warning)
+    artifacts.write_text(
+        FileSystems.join(output_dir, contract.SUMMARY_FILE), json.dumps(summary, indent=2) + "\n"
+    )
+    return summary
 
 
 def render_markdown(summary: dict) -> str:
-    """The report's text: totals, shortcut warnings, tables and the plots."""
+    """The report's text: totals, warnings, tables and the plots."""
     status = summary["status"]
     lines = [
-        "# Preprocessing report",
+        "# Data report",
         "",
         f"{summary['input_files']} input files: "
         + ", ".join(f"{count} {name}" for name, count in status.items())
@@ -203,29 +384,30 @@ def render_markdown(summary: dict) -> str:
     ]
     if summary.get("warnings"):
         lines += ["## Warnings", ""]
-        lines += [f"- **Shortcut:** {warning}" for warning in summary["warnings"]]
+        lines += [f"- {warning}" for warning in summary["warnings"]]
         lines.append("")
     lines += [
         "## Accepted images by split and label",
         "",
-        "| split | " + " | ".join(schema.LABELS) + " |",
+        "| split | " + " | ".join(contract.LABELS) + " |",
+        "|---|" + "---|" * len(contract.LABELS),
     ]
-    lines.append("|---|" + "---|" * len(schema.LABELS))
     for split, counts in summary["accepted"].items():
         lines.append(
-            f"| {split} | " + " | ".join(str(counts[label]) for label in schema.LABELS) + " |"
+            f"| {split} | " + " | ".join(str(counts[label]) for label in contract.LABELS) + " |"
         )
     lines += ["", "![class balance](plots/class_balance.png)", "", "## Rejects", ""]
     if summary["reason"]:
         lines += ["| reason | files | meaning |", "|---|---|---|"]
         for reason, count in summary["reason"].items():
-            lines.append(f"| {reason} | {count} | {imaging.REASONS.get(reason, '')} |")
+            lines.append(f"| {reason} | {count} | {validate.REASONS.get(reason, '')} |")
     else:
         lines.append("No file was rejected.")
+    transform = ", ".join(f"{key}={value}" for key, value in summary["transform"].items())
     lines += [
         "",
         f"Duplicates (exact copies of an accepted image, same label): "
-        f"{status.get(imaging.DUPLICATE, 0)}.",
+        f"{status.get(validate.DUPLICATE, 0)}.",
         "",
         "![rejects by reason](plots/rejects.png)",
         "",
@@ -233,58 +415,61 @@ def render_markdown(summary: dict) -> str:
         "",
         "![sizes](plots/sizes.png)",
         "",
-        "## Samples (top: accepted, as training sees them; below, if any: rejected, with the reason)",
+        "## Samples",
+        "",
+        "Top: accepted images as training (and serving) sees them, the output of the one "
+        f"transform ({transform}). Below, if any: one rejected file per reason.",
         "",
         "![samples](plots/samples.png)",
         "",
-        "Every input file has one row in `manifest.csv`; counts are in `summary.json`.",
+        f"Every input file has one row in `{contract.MANIFEST_FILE}`; the counts are in "
+        f"`{contract.SUMMARY_FILE}`.",
         "",
     ]
     return "\n".join(lines)
 
 
-def _save(figure, path: str) -> None:
+def _save(figure: figure_lib.Figure, path: str) -> None:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    pyplot.close(figure)
-    preprocess.write_atomically(path, buffer.getvalue())
+    figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
+    artifacts.write_bytes(path, buffer.getvalue())
 
 
-def _plot_class_balance(summary: dict):
-    figure, axes = pyplot.subplots(figsize=(6, 3.5))
+def _plot_class_balance(summary: dict) -> figure_lib.Figure:
+    figure = figure_lib.Figure(figsize=(6, 3.5))
+    axes = figure.subplots()
     positions = np.arange(len(splits.SPLITS))
-    width = 0.8 / len(schema.LABELS)
-    for index, label in enumerate(schema.LABELS):
+    width = 0.8 / len(contract.LABELS)
+    for index, label in enumerate(contract.LABELS):
         counts = [summary["accepted"][split][label] for split in splits.SPLITS]
         bars = axes.bar(
             positions + index * width, counts, width, label=label, color=_LABEL_COLOURS[label]
         )
         axes.bar_label(bars, fontsize=8)
-    axes.set_xticks(positions + width * (len(schema.LABELS) - 1) / 2, splits.SPLITS)
+    axes.set_xticks(positions + width * (len(contract.LABELS) - 1) / 2, splits.SPLITS)
     axes.set_ylabel("accepted images")
     axes.set_title("Class balance by split")
     axes.legend()
     return figure
 
 
-def _plot_sizes(rows: list[dict]):
-    figure, axes = pyplot.subplots(figsize=(6, 4.5))
-    for label in schema.LABELS:
+def _plot_sizes(statistics: dict) -> figure_lib.Figure:
+    """Original sizes, binned: a marker per (width, height) bin, its area the file count."""
+    figure = figure_lib.Figure(figsize=(6, 4.5))
+    axes = figure.subplots()
+    for label in contract.LABELS:
         for accepted, marker in ((True, "o"), (False, "x")):
             points = [
-                (_number(row["width"]), _number(row["height"]))
-                for row in rows
-                if row["label"] == label
-                and (row["status"] == imaging.ACCEPTED) == accepted
-                and _number(row["width"])
-                and _number(row["height"])
+                (width, height, count)
+                for (width, height, row_label, row_accepted), count in statistics["sizes"].items()
+                if row_label == label and row_accepted == accepted
             ]
             if points:
-                widths, heights = zip(*points, strict=True)
+                widths, heights, counts = zip(*sorted(points), strict=True)
                 axes.scatter(
                     widths,
                     heights,
-                    s=12,
+                    s=[8 + 4 * math.sqrt(count) for count in counts],
                     marker=marker,
                     alpha=0.6,
                     color=_LABEL_COLOURS[label],
@@ -297,17 +482,18 @@ def _plot_sizes(rows: list[dict]):
         axis.set_minor_formatter(ticker.NullFormatter())
     axes.set_xlabel("original width (pixels)")
     axes.set_ylabel("original height (pixels)")
-    axes.set_title("Original image sizes")
+    axes.set_title("Original image sizes (marker area: number of files)")
     if axes.has_data():
         axes.legend(fontsize=8)
     return figure
 
 
-def _plot_rejects(summary: dict):
+def _plot_rejects(summary: dict) -> figure_lib.Figure:
     counts = dict(summary["reason"])
-    if summary["status"].get(imaging.DUPLICATE):
-        counts["(duplicate)"] = summary["status"][imaging.DUPLICATE]
-    figure, axes = pyplot.subplots(figsize=(6, 0.5 + 0.35 * max(1, len(counts))))
+    if summary["status"].get(validate.DUPLICATE):
+        counts["(duplicate)"] = summary["status"][validate.DUPLICATE]
+    figure = figure_lib.Figure(figsize=(6, 0.5 + 0.35 * max(1, len(counts))))
+    axes = figure.subplots()
     if counts:
         names = sorted(counts, key=counts.get)
         bars = axes.barh(names, [counts[name] for name in names], color="#b04040")
@@ -319,69 +505,39 @@ def _plot_rejects(summary: dict):
     return figure
 
 
-def _plot_samples(output: str, rows: list[dict]):
-    """A grid: accepted images (both labels) on top, rejected ones (varied reasons) below."""
-    accepted = _pick_accepted(rows)
-    rejected = _pick_rejected(rows)
-    grid = [accepted, rejected] if rejected else [accepted]
-    columns = SAMPLES_PER_ROW
-    figure, axes = pyplot.subplots(
-        len(grid), columns, figsize=(columns * 1.4, len(grid) * 1.7), squeeze=False
-    )
-    for line, samples in enumerate(grid):
-        for column in range(columns):
-            _draw_tile(
-                axes[line][column], samples[column] if column < len(samples) else None, output
-            )
+def _plot_samples(samples: list[dict]) -> figure_lib.Figure:
+    """A grid: accepted images (both labels, alternating) on top, one per reject reason below."""
+    by_label = {
+        label: [sample for sample in samples if not sample["reason"] and sample["label"] == label]
+        for label in contract.LABELS
+    }
+    accepted = [
+        by_label[label][index]
+        for index in range(SAMPLES_PER_ROW)
+        for label in contract.LABELS
+        if index < len(by_label[label])
+    ][:SAMPLES_PER_ROW]
+    rejected = sorted((s for s in samples if s["reason"]), key=lambda s: s["reason"])
+    grid = [accepted, rejected[:SAMPLES_PER_ROW]] if rejected else [accepted]
+    figure = figure_lib.Figure(figsize=(SAMPLES_PER_ROW * 1.4, len(grid) * 1.7))
+    axes = figure.subplots(len(grid), SAMPLES_PER_ROW, squeeze=False)
+    for line, tiles in enumerate(grid):
+        for column in range(SAMPLES_PER_ROW):
+            _draw_tile(axes[line][column], tiles[column] if column < len(tiles) else None)
     title = "Accepted (top) and rejected (bottom) samples" if rejected else "Accepted samples"
     figure.suptitle(title, fontsize=10)
     return figure
 
 
-def _pick_accepted(rows: list[dict]) -> list[dict]:
-    by_label = {
-        label: sorted(
-            (r for r in rows if r["status"] == imaging.ACCEPTED and r["label"] == label),
-            key=lambda row: row["sha256"],
-        )
-        for label in schema.LABELS
-    }
-    picked = []
-    for index in range(SAMPLES_PER_ROW):
-        for label in schema.LABELS:
-            if index < len(by_label[label]) and len(picked) < SAMPLES_PER_ROW:
-                picked.append(by_label[label][index])
-    return picked
-
-
-def _pick_rejected(rows: list[dict]) -> list[dict]:
-    """One file per reason first (so the grid shows the variety), then more of the same."""
-    rejected = sorted(
-        (row for row in rows if row["status"] == imaging.REJECTED),
-        key=lambda row: (row["reason"], row["path"]),
-    )
-    first_of_each = list({row["reason"]: row for row in reversed(rejected)}.values())[::-1]
-    rest = [row for row in rejected if row not in first_of_each]
-    return (first_of_each + rest)[:SAMPLES_PER_ROW]
-
-
-def _draw_tile(axes, row: dict | None, output: str) -> None:
+def _draw_tile(axes, sample: dict | None) -> None:
     axes.set_axis_off()
-    if row is None:
+    if sample is None:
         return
-    if row["status"] == imaging.ACCEPTED:
-        path = preprocess.image_path(output, row["split"], row["label"], row["path"], row["sha256"])
-        picture, title = _thumbnail(path), f"{row['label']}"
-    else:
-        picture, title = _thumbnail(row["path"]), f"{row['label']}\n{row['reason']}"
+    picture = sample["image"]
     if picture is None:
-        picture = np.full((_THUMBNAIL_SIDE, _THUMBNAIL_SIDE, 3), 200, dtype=np.uint8)
-        axes.text(_THUMBNAIL_SIDE / 2, _THUMBNAIL_SIDE / 2, "no preview", ha="center", fontsize=7)
+        picture = np.full((_THUMBNAIL_SIDE, _THUMBNAIL_SIDE, 3), 220, dtype=np.uint8)
+        name = os.path.basename(sample.get("path", ""))[:18]
+        axes.text(_THUMBNAIL_SIDE / 2, _THUMBNAIL_SIDE / 2, name, ha="center", fontsize=6)
     axes.imshow(picture)
+    title = sample["label"] + (f"\n{sample['reason']}" if sample["reason"] else "")
     axes.set_title(title, fontsize=7)
-
-
-def _thumbnail(path: str) -> np.ndarray | None:
-    """A preview of any file that decodes safely; None for the rest (never raises)."""
-    data, _ = preprocess.read_bytes(schema.SourceImage(path, ""), max_bytes=50 * 2**20)
-    return imaging.thumbnail(data, _THUMBNAIL_SIDE) if data else None

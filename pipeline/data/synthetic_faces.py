@@ -15,9 +15,10 @@ import apache_beam as beam
 import cv2
 import numpy as np
 
+from pipeline import contract
 from pipeline.data import schema
 
-IMAGE_SIZE = 256
+IMAGE_SIZE = contract.IMAGE_SIZE
 
 # Skin tones from very light to very dark (RGB), roughly spanning the Fitzpatrick scale.
 SKIN_TONES = (
@@ -68,7 +69,7 @@ def sample_expression(rng: np.random.Generator, label: str) -> Expression:
     The magnitudes come from `rng` whatever the label, so the rest of the face (drawn from
     the same generator afterwards) does not depend on it.
     """
-    sign = 1.0 if schema.label_id(label) == 1 else -1.0
+    sign = 1.0 if contract.label_id(label) == 1 else -1.0
     curve = rng.uniform(0.14, 0.28)
     opening = rng.uniform(0.06, 0.16) if rng.random() < 0.3 else 0.0
     raise_amount = rng.uniform(0.08, 0.16)
@@ -512,7 +513,7 @@ def image_seed(seed: int, index: int) -> int:
 
 def render_source_image(index: int, seed: int, size: int = IMAGE_SIZE) -> schema.SourceImage:
     """The `index`-th image of a synthetic dataset as JPEG bytes (even indices sad, odd happy)."""
-    label = schema.LABELS[index % 2]
+    label = contract.LABELS[index % 2]
     face_seed = image_seed(seed, index)
     image = render_face(face_seed, label, size)
     quality = int(np.random.default_rng([face_seed, 1]).integers(40, 96))

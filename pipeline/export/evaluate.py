@@ -14,139 +14,74 @@ The threshold is written to metrics.json; `happysad export --evaluation-dir` sto
 model, and the served `label` uses it.
 """
 
-import csv
 import dataclasses
-import hashlib
-import importlib
-import json
 import logging
+import math
 import os
-import uuid
 
 import numpy as np
 import tensorflow as tf
 import tqdm
 
-from pipeline import errors, plots
-from pipeline.data import schema
-from pipeline.export import push
-from pipeline.train import input_pipeline as data
+from pipeline import artifacts, contract, errors, plots
+from pipeline import config as config_lib
+from pipeline.train import input_pipeline, models
 
-MODEL_FILE = "model.keras"
-TRAIN_PARAMS_FILE = "train_params.json"
-HISTORY_FILE = "history.csv"
-METRICS_FILE = "metrics.json"
-BLESSING_FILE = "blessing.json"
 CONFUSION_MATRIX_PLOT = "confusion_matrix.png"
 ROC_CURVE_PLOT = "roc_curve.png"
-TRAINING_CURVES_PLOT = "training_curves.png"
-THRESHOLD_POLICIES = ("fixed", "validation")
-# The exported signature that takes the dataset's pixels as they are (see pipeline.export).
-BASELINE_SIGNATURE = "predict_images"
-# Custom layers register themselves with Keras when this module is imported.
-_CUSTOM_OBJECTS_MODULE = "pipeline.train.models"
-_CHUNK = 1 << 20
+_BATCH_SIZE = 64
+_Z_95 = 1.959964  # the standard normal's 97.5th percentile: two-sided 95% intervals
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class EvaluateConfig:
-    """What to evaluate, on which data, and the bar a candidate must clear to be blessed."""
+class EvaluateArguments:
+    """What `happysad evaluate` evaluates, on which data, against which pushed model."""
 
-    model_path: str = dataclasses.field(
-        metadata={"help": "the training output directory, or its model.keras file"}
-    )
-    output_dir: str = dataclasses.field(
-        metadata={"help": "where metrics.json, blessing.json and the PNG plots go"}
-    )
-    dataset: str = dataclasses.field(
-        default=data.DEFAULT_DATASET,
-        metadata={"help": "TFDS dataset name, with config and version if needed"},
-    )
-    data_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "TFDS data_dir (default: TFDS's own)"}
-    )
-    split: str = dataclasses.field(default="test", metadata={"help": "the split to evaluate on"})
-    baseline: str | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "serving base path of the pushed model; its latest version is the baseline "
-            "the candidate must not be worse than (none yet: thresholds only)"
-        },
-    )
-    min_accuracy: float = dataclasses.field(
-        default=0.6, metadata={"help": "lowest test accuracy that can be blessed"}
-    )
-    min_auc: float = dataclasses.field(
-        default=0.7, metadata={"help": "lowest test ROC AUC that can be blessed (0 to skip)"}
-    )
-    max_regression: float = dataclasses.field(
-        default=0.0,
-        metadata={"help": "how much lower than the baseline's accuracy and AUC may still pass"},
-    )
-    threshold_policy: str = dataclasses.field(
-        default="fixed",
-        metadata={
-            "help": "fixed: use --threshold; validation: maximise Youden's J on the "
-            "validation split",
-            "choices": THRESHOLD_POLICIES,
-        },
-    )
-    threshold: float = dataclasses.field(
-        default=0.5, metadata={"help": "decision threshold on P(happy) for the fixed policy"}
-    )
-    batch_size: int = dataclasses.field(default=64, metadata={"help": "images per batch"})
+    model_path: str  # the training output directory, or its model.keras file
+    output_dir: str  # where metrics.json, blessing.json and the PNG plots go
+    dataset: str = input_pipeline.DEFAULT_DATASET  # TFDS name[/config][:version]
+    data_dir: str | None = None  # TFDS data_dir (default: TFDS's own)
+    # serving base path of the pushed model; its latest version is the baseline the candidate
+    # must not be worse than (none yet: thresholds only)
+    baseline: str | None = None
 
 
 def model_file(model_path: str) -> str:
-    """The model.keras file of a training directory (or `model_path` itself if it is one)."""
-    path = os.path.join(model_path, MODEL_FILE) if os.path.isdir(model_path) else model_path
+    """The model.keras of a training directory (or `model_path` itself if it is a file).
+
+    Raises:
+        UserError: there is no such file.
+    """
+    path = (
+        os.path.join(model_path, contract.MODEL_FILE) if os.path.isdir(model_path) else model_path
+    )
     if not os.path.isfile(path):
-        raise errors.UserError(f"no trained model at {path} (expected a Keras {MODEL_FILE})")
+        raise errors.UserError(
+            f"no trained model at {path} (expected a Keras {contract.MODEL_FILE})"
+        )
     return path
-
-
-def load_model(model_path: str):
-    """Loads the Keras model, registering the project's custom layers first."""
-    import keras
-
-    try:
-        importlib.import_module(_CUSTOM_OBJECTS_MODULE)
-    except ModuleNotFoundError as error:
-        if error.name != _CUSTOM_OBJECTS_MODULE:
-            raise
-    return keras.saving.load_model(model_file(model_path), compile=False)
-
-
-def file_sha256(path: str) -> str:
-    """Hex SHA-256 of a file: ties a blessing and a model card to the exact model."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_train_params(model_path: str) -> dict:
     """train_params.json beside the model ({} when there is none)."""
-    path = os.path.join(os.path.dirname(model_file(model_path)), TRAIN_PARAMS_FILE)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    path = os.path.join(os.path.dirname(model_file(model_path)), contract.TRAIN_PARAMS_FILE)
+    return artifacts.read_json(path) if os.path.isfile(path) else {}
 
 
-def read_history(model_path: str) -> dict[str, list[float]] | None:
-    """The Keras history.csv beside the model as column → values (None when there is none)."""
-    path = os.path.join(os.path.dirname(model_file(model_path)), HISTORY_FILE)
-    if not os.path.isfile(path):
+def wilson_interval(successes: int, n: int, z: float = _Z_95) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (Wilson 1927; Brown, Cai & DasGupta 2001).
+
+    Returns (low, high) within [0, 1]; None for n = 0. With z = 1.96 it is the 95% interval
+    for the accuracy of n independent test images.
+    """
+    if n == 0:
         return None
-    with open(path, encoding="utf-8", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return None
-    return {name: [float(row[name]) for row in rows] for name in rows[0]}
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def roc_points(labels: np.ndarray, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,7 +120,8 @@ def compute_metrics(
 
     `predictions` are class ids when the model decided them itself (a served model applies its
     own threshold); otherwise P(happy) >= `threshold` is happy. The confusion matrix has the
-    true labels as rows and the predictions as columns, in `schema.LABELS` order.
+    true labels as rows and the predictions as columns, in `contract.LABELS` order;
+    `accuracy_ci95` is accuracy's 95% Wilson interval.
     """
     labels = np.asarray(labels).astype(np.int64)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -205,12 +141,13 @@ def compute_metrics(
         "n_sad": n - int(labels.sum()),
         "threshold": float(threshold),
         "accuracy": _ratio(true_positives + true_negatives, n),
+        "accuracy_ci95": wilson_interval(true_positives + true_negatives, n),
         "precision": precision,
         "recall": recall,
         "f1": f1,
         "auc": roc_auc(labels, probabilities),
         "confusion_matrix": matrix.tolist(),
-        "confusion_matrix_labels": list(schema.LABELS),
+        "confusion_matrix_labels": list(contract.LABELS),
     }
 
 
@@ -295,34 +232,41 @@ class Baseline:
 
     def __init__(self, version_dir: str):
         self.path = version_dir
-        self.card = push.read_model_card(version_dir)
+        card_path = os.path.join(version_dir, contract.MODEL_CARD_PATH)
+        self.card = artifacts.read_json(card_path) if tf.io.gfile.exists(card_path) else {}
         self._loaded = tf.saved_model.load(version_dir)
-        if BASELINE_SIGNATURE not in self._loaded.signatures:
+        if contract.IMAGES_SIGNATURE not in self._loaded.signatures:
             raise errors.UserError(
-                f"the pushed model {version_dir} has no {BASELINE_SIGNATURE!r} signature"
+                f"the pushed model {version_dir} has no {contract.IMAGES_SIGNATURE!r} signature"
             )
-        self._predict = self._loaded.signatures[BASELINE_SIGNATURE]
+        self._predict = self._loaded.signatures[contract.IMAGES_SIGNATURE]
 
     def __call__(self, images: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(P(happy), class ids by its own threshold) for uint8 images (N, 256, 256, 3)."""
-        outputs = self._predict(images=tf.cast(images, tf.float32))
-        return outputs["happy_probability"].numpy(), outputs["class_id"].numpy()
+        outputs = self._predict(**{contract.IMAGES_INPUT: tf.cast(images, tf.float32)})
+        return (
+            outputs[contract.PROBABILITY_OUTPUT].numpy(),
+            outputs[contract.CLASS_ID_OUTPUT].numpy(),
+        )
 
 
 def _predict_split(
-    model, examples: tf.data.Dataset, batch_size: int, total: int, baseline: Baseline | None
+    model, examples: tf.data.Dataset, total: int, baseline: Baseline | None
 ) -> dict[str, np.ndarray]:
     """One pass over the split: labels, the candidate's and the baseline's predictions."""
     batches = examples.map(
-        lambda features: (features[data.IMAGE_KEY], features[data.LABEL_KEY]),
-        num_parallel_calls=data.AUTOTUNE,
+        lambda features: (
+            features[input_pipeline.IMAGE_KEY],
+            features[input_pipeline.LABEL_KEY],
+        ),
+        num_parallel_calls=input_pipeline.AUTOTUNE,
     )
-    batches = batches.batch(batch_size).prefetch(data.AUTOTUNE)
+    batches = batches.batch(_BATCH_SIZE).prefetch(input_pipeline.AUTOTUNE)
     results = {"labels": [], "probabilities": [], "baseline": [], "baseline_classes": []}
     progress = tqdm.tqdm(total=total, unit="image", desc="evaluate", leave=False)
     with progress:
         for images, labels in batches:
-            scores = model.predict_on_batch(data.scale_images(images))
+            scores = model.predict_on_batch(input_pipeline.scale_images(images))
             results["labels"].append(labels.numpy())
             results["probabilities"].append(np.reshape(scores, [-1]))
             if baseline is not None:
@@ -333,18 +277,18 @@ def _predict_split(
     return {name: np.concatenate(parts) if parts else None for name, parts in results.items()}
 
 
-def _split_size(config: EvaluateConfig, split: str) -> int:
-    return data.builder(config.dataset, config.data_dir).info.splits[split].num_examples
+def _split_size(dataset: str, data_dir: str | None, split: str) -> int:
+    return input_pipeline.builder(dataset, data_dir).info.splits[split].num_examples
 
 
-def _decision_threshold(config: EvaluateConfig, model) -> tuple[float, str]:
+def _decision_threshold(
+    config: config_lib.EvaluateConfig, model, dataset: str, data_dir: str | None
+) -> tuple[float, str]:
     if config.threshold_policy == "fixed":
-        if not 0.0 <= config.threshold <= 1.0:
-            raise errors.UserError(f"threshold must be within [0, 1], got {config.threshold}")
-        return config.threshold, "fixed"
-    examples = data.load_examples(config.dataset, "validation", config.data_dir)
-    total = _split_size(config, "validation")
-    predictions = _predict_split(model, examples, config.batch_size, total, baseline=None)
+        return config.threshold, "fixed (--threshold)"
+    examples = input_pipeline.load_examples(dataset, "validation", data_dir)
+    total = _split_size(dataset, data_dir, "validation")
+    predictions = _predict_split(model, examples, total, baseline=None)
     threshold = choose_threshold(predictions["labels"], predictions["probabilities"])
     logger.info("decision threshold %.4f chosen on the validation split (Youden's J)", threshold)
     return threshold, "validation split, max Youden's J"
@@ -353,7 +297,7 @@ def _decision_threshold(config: EvaluateConfig, model) -> tuple[float, str]:
 def _load_baseline(serving_base: str | None) -> Baseline | None:
     if not serving_base:
         return None
-    version_dir = push.latest_version_dir(serving_base)
+    version_dir = artifacts.latest_version_dir(serving_base)
     if version_dir is None:
         logger.info("no model pushed to %s yet: blessing on thresholds only", serving_base)
         return None
@@ -361,26 +305,17 @@ def _load_baseline(serving_base: str | None) -> Baseline | None:
     return Baseline(version_dir)
 
 
-def _write_json(path: str, content: dict) -> None:
-    partial_path = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(partial_path, "w", encoding="utf-8") as handle:
-        json.dump(content, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-    os.replace(partial_path, path)
-
-
 def _summary(metrics: dict) -> dict:
-    keys = ("n", "accuracy", "precision", "recall", "f1", "auc", "threshold")
+    keys = ("n", "accuracy", "accuracy_ci95", "precision", "recall", "f1", "auc", "threshold")
     return {key: metrics[key] for key in keys}
 
 
-def _plot(config: EvaluateConfig, metrics: dict, predictions: dict, baseline) -> dict:
-    output = config.output_dir
+def _plot(output_dir: str, model_path: str, metrics: dict, predictions: dict, baseline) -> dict:
     files = {
         "confusion_matrix": plots.confusion_matrix(
-            os.path.join(output, CONFUSION_MATRIX_PLOT),
+            os.path.join(output_dir, CONFUSION_MATRIX_PLOT),
             metrics["confusion_matrix"],
-            schema.LABELS,
+            contract.LABELS,
             metrics["threshold"],
         )
     }
@@ -389,83 +324,121 @@ def _plot(config: EvaluateConfig, metrics: dict, predictions: dict, baseline) ->
     if baseline is not None:
         baseline_auc = baseline["metrics"]["auc"]
         curves["pushed model"] = (*roc_points(labels, predictions["baseline"]), baseline_auc)
-    files["roc_curve"] = plots.roc_curve(os.path.join(output, ROC_CURVE_PLOT), curves)
-    history = read_history(config.model_path)
-    if history is None:
-        logger.warning("no %s beside the model: no training curves plotted", HISTORY_FILE)
+    files["roc_curve"] = plots.roc_curve(os.path.join(output_dir, ROC_CURVE_PLOT), curves)
+    history_path = os.path.join(os.path.dirname(model_file(model_path)), contract.HISTORY_FILE)
+    history = artifacts.read_history(history_path)
+    if not history:
+        logger.warning("no %s beside the model: no training curves plotted", contract.HISTORY_FILE)
     else:
-        path = os.path.join(output, TRAINING_CURVES_PLOT)
+        path = os.path.join(output_dir, contract.TRAINING_CURVES_PLOT)
         files["training_curves"] = plots.training_curves(path, history)
     return files
 
 
-def run(config: EvaluateConfig) -> dict:
-    """Evaluates, plots, blesses; writes everything under `config.output_dir`."""
-    path = model_file(config.model_path)
-    dataset = data.describe(config.dataset, config.data_dir)
-    if tuple(dataset["labels"]) != schema.LABELS:
-        raise errors.UserError(
-            f"dataset {config.dataset!r} has labels {dataset['labels']}, expected {schema.LABELS}"
-        )
-    model = load_model(path)
-    threshold, threshold_source = _decision_threshold(config, model)
-    baseline_model = _load_baseline(config.baseline)
+def run(
+    config: config_lib.Config,
+    *,
+    model_path: str,
+    output_dir: str,
+    dataset: str = input_pipeline.DEFAULT_DATASET,
+    data_dir: str | None = None,
+    baseline: str | None = None,
+) -> dict:
+    """Evaluates, plots, blesses; writes metrics.json, blessing.json and plots to output_dir.
 
-    examples = data.load_examples(config.dataset, config.split, config.data_dir)
-    total = _split_size(config, config.split)
-    predictions = _predict_split(model, examples, config.batch_size, total, baseline_model)
+    Args:
+        config: `config.evaluate` holds the split, the bar and the threshold policy.
+        model_path: a training directory or its model.keras.
+        output_dir: where the outputs go.
+        dataset, data_dir: the TFDS dataset (the same the model was trained on).
+        baseline: a serving base path whose latest version the candidate must not be worse
+            than (None or empty: thresholds only).
+
+    Returns:
+        {"output_dir", "blessed", "reasons", "metrics" (n, accuracy and its 95% interval,
+        precision, recall, f1, auc, threshold), "threshold_source", "baseline", "files"}.
+
+    Raises:
+        UserError: no model, an unknown dataset or an empty split.
+    """
+    evaluation = config.evaluate
+    path = model_file(model_path)
+    description = input_pipeline.describe(dataset, data_dir)
+    if tuple(description["labels"]) != contract.LABELS:
+        raise errors.UserError(
+            f"dataset {dataset!r} has labels {description['labels']}, expected {contract.LABELS}"
+        )
+    model = models.load_model(path)
+    threshold, threshold_source = _decision_threshold(evaluation, model, dataset, data_dir)
+    baseline_model = _load_baseline(baseline)
+
+    examples = input_pipeline.load_examples(dataset, evaluation.test_split, data_dir)
+    total = _split_size(dataset, data_dir, evaluation.test_split)
+    predictions = _predict_split(model, examples, total, baseline_model)
     if predictions["labels"] is None:
-        raise errors.UserError(f"split {config.split!r} of {config.dataset!r} is empty")
+        raise errors.UserError(f"split {evaluation.test_split!r} of {dataset!r} is empty")
     metrics = compute_metrics(predictions["labels"], predictions["probabilities"], threshold)
-    model_sha256 = file_sha256(path)
+    model_sha256 = artifacts.file_sha256(path)
     metrics.update(
-        threshold_policy=config.threshold_policy,
+        threshold_policy=evaluation.threshold_policy,
         threshold_source=threshold_source,
         model=path,
         model_sha256=model_sha256,
-        dataset={**dataset, "split": config.split},
+        dataset={**description, "split": evaluation.test_split},
     )
-    baseline = None
+    baseline_result = None
     if baseline_model is not None:
         baseline_metrics = compute_metrics(
             predictions["labels"],
             predictions["baseline"],
-            baseline_model.card.get("threshold", 0.5),
+            baseline_model.card.get("threshold", contract.DEFAULT_THRESHOLD),
             predictions=predictions["baseline_classes"],
         )
-        baseline = {"model": baseline_model.path, "metrics": baseline_metrics}
+        baseline_result = {"model": baseline_model.path, "metrics": baseline_metrics}
 
     verdict = bless(
         metrics,
-        baseline and baseline["metrics"],
-        config.min_accuracy,
-        config.min_auc,
-        config.max_regression,
+        baseline_result and baseline_result["metrics"],
+        evaluation.min_accuracy,
+        evaluation.min_auc,
+        evaluation.max_regression,
     )
     blessing = {
         **verdict,
         "model": path,
         "model_sha256": model_sha256,
         "candidate": _summary(metrics),
-        "baseline": baseline and {**baseline, "metrics": _summary(baseline["metrics"])},
+        "baseline": baseline_result
+        and {**baseline_result, "metrics": _summary(baseline_result["metrics"])},
         "thresholds": {
-            "min_accuracy": config.min_accuracy,
-            "min_auc": config.min_auc,
-            "max_regression": config.max_regression,
+            "min_accuracy": evaluation.min_accuracy,
+            "min_auc": evaluation.min_auc,
+            "max_regression": evaluation.max_regression,
         },
         "dataset": metrics["dataset"],
     }
-    os.makedirs(config.output_dir, exist_ok=True)
-    files = _plot(config, metrics, predictions, baseline)
-    _write_json(os.path.join(config.output_dir, METRICS_FILE), metrics)
-    _write_json(os.path.join(config.output_dir, BLESSING_FILE), blessing)
+    os.makedirs(output_dir, exist_ok=True)
+    files = _plot(output_dir, model_path, metrics, predictions, baseline_result)
+    artifacts.write_json(os.path.join(output_dir, contract.METRICS_FILE), metrics)
+    artifacts.write_json(os.path.join(output_dir, contract.BLESSING_FILE), blessing)
+    low, high = metrics["accuracy_ci95"]
+    logger.info(
+        "accuracy %.3f (95%% CI %.3f-%.3f, n=%d) at threshold %.3f (%s)",
+        metrics["accuracy"],
+        low,
+        high,
+        metrics["n"],
+        threshold,
+        threshold_source,
+    )
     for reason in verdict["reasons"]:
         logger.warning("not blessed: %s", reason)
     return {
-        "output_dir": config.output_dir,
+        "output_dir": output_dir,
         "blessed": verdict["blessed"],
         "reasons": verdict["reasons"],
         "metrics": _summary(metrics),
-        "baseline": baseline and baseline["model"],
+        "threshold_source": threshold_source,
+        "baseline": baseline_result and baseline_result["model"],
         "files": sorted(os.path.basename(name) for name in files.values()),
     }

@@ -8,7 +8,7 @@
   assets/labels.txt, assets/model_card.json, assets.extra/tf_serving_warmup_requests.
 
 Decoding, EXIF orientation, alpha, resizing and scaling run inside the graph and reproduce
-`pipeline.imaging.clean_image_bytes` (stretch policy): a raw file served gets the probability
+`pipeline.data.imaging.clean_image_bytes` (stretch policy): a raw file served gets the probability
 its preprocessed training example gets. `label` and `class_id` apply the decision threshold
 stored with the model (P(happy) >= threshold is happy). Serving needs TensorFlow only.
 """
@@ -19,29 +19,19 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Sequence
 
 import tensorflow as tf
 
-import pipeline
-from pipeline import errors
-from pipeline.data import imaging, schema
-from pipeline.export import evaluate, push, warmup
+from pipeline import artifacts, contract, errors
+from pipeline import config as config_lib
+from pipeline.export import evaluate, warmup
+from pipeline.train import models
 
-IMAGE_SIZE = imaging.IMAGE_SIZE
-SERVING_SIGNATURE = "serving_default"
-IMAGES_SIGNATURE = "predict_images"
-BYTES_INPUT = "image_bytes"
-IMAGES_INPUT = "images"
-PROBABILITY_OUTPUT = "happy_probability"
-LABEL_OUTPUT = "label"
-CLASS_ID_OUTPUT = "class_id"
-LABELS_FILE = "labels.txt"
-DEFAULT_THRESHOLD = 0.5
+IMAGE_SIZE = contract.IMAGE_SIZE
 # Images over this many pixels are refused from their header, before decoding (as imaging does).
-MAX_PIXELS = imaging.CleaningOptions().max_pixels
+MAX_PIXELS = config_lib.TransformConfig().max_pixels
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # EXIF lives in an APP1 segment, which precedes the image data and holds at most 64 KiB.
@@ -49,48 +39,25 @@ _EXIF_HEADER = "Exif\x00\x00"
 _EXIF_SEARCH_BYTES = 1 << 16
 _ORIENTATION_TAG = 0x0112
 _MAX_IFD_ENTRIES = 256
-# What the model card keeps of pipeline.data.describe(): no local paths.
+# What the model card keeps of input_pipeline.describe(): no local paths.
 _DATASET_KEYS = ("name", "config", "version", "splits")
 
 logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    """Which model to export, where, and what to record in its model card."""
+class ExportArguments:
+    """Which trained model `happysad export` exports, where, and what its card records."""
 
-    model_path: str = dataclasses.field(
-        metadata={"help": "the training output directory, or its model.keras file"}
-    )
-    export_base: str = dataclasses.field(
-        metadata={"help": "base path; the model goes to <export_base>/<version>/"}
-    )
-    version: int | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "version number (default: one more than the highest in the base); "
-            "an existing version is never overwritten"
-        },
-    )
-    evaluation_dir: str | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "output of `happysad evaluate`: its metrics, decision threshold and "
-            "blessing go into the model card"
-        },
-    )
-    lineage: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "a JSON file recorded in the model card under 'lineage'"},
-    )
-    threshold: float | None = dataclasses.field(
-        default=None,
-        metadata={"help": "decision threshold on P(happy) (default: the evaluation's, else 0.5)"},
-    )
-    warmup_images: int = dataclasses.field(
-        default=warmup.DEFAULT_COUNT,
-        metadata={"help": "sample images in the TF Serving warm-up file (0 for none)"},
-    )
+    model_path: str  # the training output directory, or its model.keras file
+    export_base: str  # base path; the model goes to <export_base>/<version>/
+    # version number (default: one more than the highest in the base); an existing version is
+    # never overwritten
+    version: int | None = None
+    # output of `happysad evaluate`: its metrics, decision threshold and blessing go into the
+    # model card
+    evaluation_dir: str | None = None
+    lineage: str | None = None  # a JSON file recorded in the model card under 'lineage'
 
 
 # In-graph image preprocessing: the serving twin of pipeline.imaging.
@@ -216,7 +183,7 @@ def resize(image: tf.Tensor) -> tf.Tensor:
     The `stretch` policy, with the method that reproduces imaging's cv2.INTER_AREA; rounding
     makes the pixels exactly the uint8 values a preprocessed example stores.
     """
-    resized = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], method=imaging.TF_RESIZE_METHOD)
+    resized = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], method="area")
     return tf.round(tf.clip_by_value(resized, 0.0, 255.0))
 
 
@@ -234,9 +201,9 @@ def preprocess_image_bytes(image_bytes: tf.Tensor) -> tf.Tensor:
 
 def _labels_table(directory: str) -> tf.lookup.StaticHashTable:
     """class id -> label name, read from labels.txt (which the SavedModel keeps as an asset)."""
-    path = os.path.join(directory, LABELS_FILE)
+    path = os.path.join(directory, contract.LABELS_FILE)
     with open(path, "w", encoding="utf-8") as handle:
-        handle.write("\n".join(schema.LABELS) + "\n")
+        handle.write("\n".join(contract.LABELS) + "\n")
     initializer = tf.lookup.TextFileInitializer(
         path,
         key_dtype=tf.int64,
@@ -253,39 +220,35 @@ def _outputs_fn(model, labels, threshold: float):
         probabilities = tf.reshape(tf.cast(scores, tf.float32), [-1])
         class_ids = tf.cast(probabilities >= threshold, tf.int64)
         return {
-            PROBABILITY_OUTPUT: probabilities,
-            LABEL_OUTPUT: labels.lookup(class_ids),
-            CLASS_ID_OUTPUT: class_ids,
+            contract.PROBABILITY_OUTPUT: probabilities,
+            contract.LABEL_OUTPUT: labels.lookup(class_ids),
+            contract.CLASS_ID_OUTPUT: class_ids,
         }
 
     return outputs
 
 
-def _write_text(path: str, text: str) -> None:
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    with tf.io.gfile.GFile(path, "w") as handle:
-        handle.write(text)
-
-
 def export_model(
     model,
     export_dir: str,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = contract.DEFAULT_THRESHOLD,
     model_card: dict | None = None,
     warmup_images: Sequence[bytes] | None = None,
+    model_name: str = contract.MODEL_NAME,
 ) -> dict:
     """Writes `model` as a TF Serving SavedModel with the serving contract into `export_dir`.
 
-    This writes in place; `run` (and `pipeline.push`) make the version appear atomically.
+    This writes in place; `run` (and `pipeline.export.push`) make the version appear atomically.
 
     Args:
         model: a Keras model from float32 (None, 256, 256, 3) in [0, 1] to (None, 1) P(happy).
-        export_dir: the version directory to create (it must not exist yet).
+        export_dir: the local version directory to create (it must not exist yet).
         threshold: P(happy) >= threshold is served as "happy"; stored in the model card too.
         model_card: what to record in assets/model_card.json (threshold, labels, signatures
             and versions are added).
         warmup_images: encoded images for the TF Serving warm-up file; None for a few
             built-in sample faces, empty for no warm-up file.
+        model_name: the model name the warm-up requests carry.
 
     Returns:
         {"path", "threshold", "signatures", "warmup_requests"}.
@@ -306,15 +269,19 @@ def export_model(
         archive.track(model)
         archive.track(labels)
         archive.add_endpoint(
-            SERVING_SIGNATURE,
+            contract.SERVING_SIGNATURE,
             lambda image_bytes: outputs(preprocess_image_bytes(image_bytes)),
-            input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)],
+            input_signature=[tf.TensorSpec([None], tf.string, name=contract.BYTES_INPUT)],
         )
         archive.add_endpoint(
-            IMAGES_SIGNATURE,
+            contract.IMAGES_SIGNATURE,
             outputs,
             input_signature=[
-                tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32, name=IMAGES_INPUT)
+                tf.TensorSpec(
+                    [None, IMAGE_SIZE, IMAGE_SIZE, contract.CHANNELS],
+                    tf.float32,
+                    name=contract.IMAGES_INPUT,
+                )
             ],
         )
         archive.write_out(export_dir, verbose=False)
@@ -322,34 +289,39 @@ def export_model(
     card = {
         **(model_card or {}),
         "threshold": float(threshold),
-        "labels": list(schema.LABELS),
+        "labels": list(contract.LABELS),
         "signatures": _signature_card(),
         "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
     card.setdefault("created", datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
-    _write_text(os.path.join(export_dir, push.MODEL_CARD_PATH), json.dumps(card, indent=2) + "\n")
+    artifacts.write_text(
+        os.path.join(export_dir, contract.MODEL_CARD_PATH), json.dumps(card, indent=2) + "\n"
+    )
     if warmup_images is None:
         warmup_images = warmup.sample_images()
-    requests = warmup.write(export_dir, warmup_images) if warmup_images else 0
+    requests = warmup.write(export_dir, warmup_images, model_name) if warmup_images else 0
     logger.info("exported %s (%d warm-up requests)", export_dir, requests)
     return {
         "path": export_dir,
         "threshold": float(threshold),
-        "signatures": [SERVING_SIGNATURE, IMAGES_SIGNATURE],
+        "signatures": [contract.SERVING_SIGNATURE, contract.IMAGES_SIGNATURE],
         "warmup_requests": requests,
     }
 
 
 def _signature_card() -> dict:
     outputs = {
-        PROBABILITY_OUTPUT: "DT_FLOAT [-1]",
-        LABEL_OUTPUT: "DT_STRING [-1]",
-        CLASS_ID_OUTPUT: "DT_INT64 [-1]",
+        contract.PROBABILITY_OUTPUT: "DT_FLOAT [-1]",
+        contract.LABEL_OUTPUT: "DT_STRING [-1]",
+        contract.CLASS_ID_OUTPUT: "DT_INT64 [-1]",
     }
     return {
-        SERVING_SIGNATURE: {"inputs": {BYTES_INPUT: "DT_STRING [-1]"}, "outputs": outputs},
-        IMAGES_SIGNATURE: {
-            "inputs": {IMAGES_INPUT: f"DT_FLOAT [-1, {IMAGE_SIZE}, {IMAGE_SIZE}, 3]"},
+        contract.SERVING_SIGNATURE: {
+            "inputs": {contract.BYTES_INPUT: "DT_STRING [-1]"},
+            "outputs": outputs,
+        },
+        contract.IMAGES_SIGNATURE: {
+            "inputs": {contract.IMAGES_INPUT: f"DT_FLOAT [-1, {IMAGE_SIZE}, {IMAGE_SIZE}, 3]"},
             "outputs": outputs,
         },
     }
@@ -358,119 +330,112 @@ def _signature_card() -> dict:
 # The model card and the export stage.
 
 
-def code_version() -> dict:
-    """The package version, and the git commit when running from a checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    version = {"happysad": pipeline.__version__}
-    return {**version, "git_commit": commit} if commit else version
-
-
-def _read_json(path: str) -> dict:
-    try:
-        with tf.io.gfile.GFile(path) as handle:
-            return json.load(handle)
-    except tf.errors.NotFoundError:
-        raise errors.UserError(f"{path} does not exist") from None
-    except json.JSONDecodeError as error:
-        raise errors.UserError(f"{path} is not valid JSON: {error}") from None
-
-
 def _read_evaluation(evaluation_dir: str | None, model_sha256: str) -> tuple[dict, dict | None]:
     """(metrics.json, blessing.json or None) of an evaluation of this very model."""
     if not evaluation_dir:
         return {}, None
-    metrics = _read_json(os.path.join(evaluation_dir, evaluate.METRICS_FILE))
+    metrics = artifacts.read_json(os.path.join(evaluation_dir, contract.METRICS_FILE))
     evaluated = metrics.get("model_sha256")
     if evaluated and evaluated != model_sha256:
         raise errors.UserError(
             f"the evaluation in {evaluation_dir} is of another model (sha256 {evaluated[:12]}…), "
             "not of the one being exported: evaluate this model first"
         )
-    blessing_path = os.path.join(evaluation_dir, evaluate.BLESSING_FILE)
-    blessing = _read_json(blessing_path) if tf.io.gfile.exists(blessing_path) else None
+    blessing_path = os.path.join(evaluation_dir, contract.BLESSING_FILE)
+    blessing = artifacts.read_json(blessing_path) if tf.io.gfile.exists(blessing_path) else None
     return metrics, blessing
 
 
-def _decision_threshold(config: ExportConfig, metrics: dict) -> tuple[float, str]:
-    if config.threshold is not None:
-        evaluated = metrics.get("threshold")
-        if evaluated is not None and abs(evaluated - config.threshold) > 1e-9:
-            logger.warning(
-                "exporting with threshold %s, not the evaluated %s: the card's metrics "
-                "were measured at the evaluated one",
-                config.threshold,
-                evaluated,
-            )
-        return config.threshold, "--threshold"
+def build_model_card(
+    config: config_lib.Config,
+    model_path: str,
+    model_sha256: str,
+    evaluation_dir: str | None = None,
+    lineage: str | None = None,
+) -> dict:
+    """Dataset, metrics, threshold, configuration, code version and lineage of a model.
+
+    The decision threshold is the evaluation's (metrics.json) when there is one, else
+    `config.evaluate.threshold`.
+    """
+    train_params = evaluate.read_train_params(model_path)
+    metrics, blessing = _read_evaluation(evaluation_dir, model_sha256)
     if "threshold" in metrics:
-        return float(metrics["threshold"]), metrics.get("threshold_source", "evaluation")
-    return DEFAULT_THRESHOLD, "default"
-
-
-def build_model_card(config: ExportConfig, model_sha256: str) -> dict:
-    """Dataset, metrics, hyperparameters, code version and lineage of the exported model."""
-    train_params = evaluate.read_train_params(config.model_path)
-    metrics, blessing = _read_evaluation(config.evaluation_dir, model_sha256)
-    threshold, threshold_source = _decision_threshold(config, metrics)
+        threshold = float(metrics["threshold"])
+        threshold_source = metrics.get("threshold_source", "evaluation")
+    else:
+        threshold, threshold_source = config.evaluate.threshold, "--threshold"
     dataset = train_params.get("dataset") or metrics.get("dataset") or {}
     if isinstance(dataset, dict):
         dataset = {key: dataset[key] for key in _DATASET_KEYS if key in dataset}
-    summary_keys = ("n", "accuracy", "precision", "recall", "f1", "auc", "confusion_matrix")
+    summary_keys = (
+        "n",
+        "accuracy",
+        "accuracy_ci95",
+        "precision",
+        "recall",
+        "f1",
+        "auc",
+        "confusion_matrix",
+    )
     evaluated = {key: metrics[key] for key in summary_keys if key in metrics}
     if metrics.get("dataset", {}).get("split"):
         evaluated["split"] = metrics["dataset"]["split"]
     return {
-        "model_name": warmup.MODEL_NAME,
+        "model_name": config.export.model_name,
         "description": "Binary happy/sad face classifier: P(happy) from a face photo.",
         "dataset": dataset,
         "metrics": evaluated,
         "threshold": threshold,
         "threshold_source": threshold_source,
-        "hyperparameters": train_params.get("hyperparameters", train_params),
-        "code_version": train_params.get("code_version") or code_version(),
-        "export_code_version": code_version(),
+        "config": train_params.get("config", {}),
+        "code_version": train_params.get("code_version") or artifacts.code_version(),
+        "export_code_version": artifacts.code_version(),
         "model_sha256": model_sha256,
         "blessing": blessing,
-        "lineage": _read_json(config.lineage) if config.lineage else {},
+        "lineage": artifacts.read_json(lineage) if lineage else {},
     }
 
 
-def run(config: ExportConfig) -> dict:
-    """Exports a new version under `config.export_base`; it appears whole or not at all."""
-    if config.warmup_images < 0:
-        raise errors.UserError(f"warm-up image count must be >= 0, got {config.warmup_images}")
-    model_file = evaluate.model_file(config.model_path)
-    model_sha256 = evaluate.file_sha256(model_file)
-    card = build_model_card(config, model_sha256)
-    version = push.check_version(config.export_base, config.version)
-    model = evaluate.load_model(model_file)
-    images = warmup.sample_images(config.warmup_images)
+def run(
+    config: config_lib.Config,
+    *,
+    model_path: str,
+    export_base: str,
+    version: int | None = None,
+    evaluation_dir: str | None = None,
+    lineage: str | None = None,
+) -> dict:
+    """Exports a new version under `export_base`; it appears whole or not at all.
 
-    if push.is_remote(config.export_base):
+    Returns:
+        {"path", "version", "threshold", "warmup_requests", "blessed", "model_sha256"}.
+
+    Raises:
+        UserError: no model, an evaluation of another model, an existing version.
+    """
+    model_file = evaluate.model_file(model_path)
+    model_sha256 = artifacts.file_sha256(model_file)
+    card = build_model_card(config, model_path, model_sha256, evaluation_dir, lineage)
+    version = artifacts.check_version(export_base, version)
+    model = models.load_model(model_file)
+    images = warmup.sample_images(config.export.warmup_images)
+    name = config.export.model_name
+
+    if not artifacts.is_local(export_base):
         # No atomic rename on object stores: export locally, then copy saved_model.pb last.
         with tempfile.TemporaryDirectory(prefix="happysad-export-") as staging:
             local_dir = os.path.join(staging, str(version))
-            result = export_model(model, local_dir, card["threshold"], card, images)
-            path = push.publish(local_dir, config.export_base, version)
+            result = export_model(model, local_dir, card["threshold"], card, images, name)
+            path = artifacts.publish(local_dir, export_base, version)
     else:
-        staging = push.staging_dir(config.export_base, version)
+        staging = artifacts.staging_dir(export_base, version)
         try:
-            result = export_model(model, staging, card["threshold"], card, images)
+            result = export_model(model, staging, card["threshold"], card, images, name)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        path = push.publish(staging, config.export_base, version, move=True)
+        path = artifacts.publish(staging, export_base, version, move=True)
     return {
         "path": path,
         "version": version,

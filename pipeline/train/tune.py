@@ -3,11 +3,11 @@
 The search space depends on the model (see SEARCH_SPACES): for the seed CNN the learning rate,
 filters, dense width, dropout and augmentation strength; for the backbones the two learning
 rates, dropout and augmentation strength. An augmentation strength of 0 means no augmentation.
-Every trial trains through `pipeline.train.fit` (head epochs, fine-tuning) on the TFDS train
+Every trial trains through `pipeline.train.trainer.fit` (head epochs, fine-tuning) on the TFDS train
 split and is scored on the validation split. KerasTuner keeps its trials in
 `<output_dir>/tuner/`, so an interrupted search resumes where it stopped.
 
-Outputs: best_hyperparameters.json (TrainConfig field values: pass them to `happysad train`),
+Outputs: best_hyperparameters.json (the best TrainConfig: pass its values to `happysad train`),
 and with --train-best a full training run of them in `<output_dir>/best/`.
 """
 
@@ -18,16 +18,15 @@ import os
 import keras
 import keras_tuner
 
-from pipeline import errors
-from pipeline.train import input_pipeline as data
-from pipeline.train import models, recipes
-from pipeline.train import trainer as train
+from pipeline import artifacts, errors
+from pipeline import config as config_lib
+from pipeline.train import input_pipeline, models, trainer
 
-TUNERS = ("hyperband", "random", "bayesian")
 OBJECTIVES = {"val_loss": "min", "val_accuracy": "max", "val_auc": "max"}
 BEST_FILE = "best_hyperparameters.json"
 TUNER_DIR = "tuner"
 BEST_DIR = "best"
+_MODEL_FIELDS = ("filters", "dense_units", "dropout")  # searched values that live in ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -60,175 +59,126 @@ SEARCH_SPACES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TuneConfig:
-    """Where to search, with which tuner, starting from which recipe."""
+class TuneArguments:
+    """Where `happysad tune` reads and writes."""
 
-    output_dir: str = dataclasses.field(
-        metadata={"help": "directory for tuner/, best_hyperparameters.json and best/"}
-    )
-    dataset: str = dataclasses.field(
-        default=data.DEFAULT_DATASET,
-        metadata={"help": "TFDS name[/config][:version], e.g. happysad_tfds/folder"},
-    )
-    data_dir: str | None = dataclasses.field(
-        default=None, metadata={"help": "TFDS data_dir holding the built dataset"}
-    )
-    recipe: str = dataclasses.field(
-        default="seed_augmented",
-        metadata={
-            "help": "recipe whose other hyperparameters stay fixed",
-            "choices": tuple(recipes.RECIPES),
-        },
-    )
-    model: str | None = dataclasses.field(
-        default=None,
-        metadata={"help": "architecture (default: the recipe's)", "choices": models.MODELS},
-    )
-    tuner: str = dataclasses.field(
-        default="hyperband", metadata={"help": "KerasTuner search algorithm", "choices": TUNERS}
-    )
-    objective: str = dataclasses.field(
-        default="val_loss",
-        metadata={"help": "what the search optimises", "choices": tuple(OBJECTIVES)},
-    )
-    max_trials: int = dataclasses.field(
-        default=10, metadata={"help": "random/bayesian: number of trials"}
-    )
-    epochs: int | None = dataclasses.field(
-        default=None,
-        metadata={
-            "help": "epochs per trial (hyperband: the most any trial gets; default: recipe's)"
-        },
-    )
-    batch_size: int | None = dataclasses.field(
-        default=None, metadata={"help": "images per step (default: the recipe's)"}
-    )
-    backbone_weights: str | None = dataclasses.field(
-        default=None, metadata={"help": "override the recipe's backbone weights"}
-    )
-    train_split: str = dataclasses.field(
-        default="train", metadata={"help": "TFDS split every trial trains on"}
-    )
-    validation_split: str = dataclasses.field(
-        default="validation", metadata={"help": "TFDS split every trial is scored on"}
-    )
-    seed: int = dataclasses.field(default=42, metadata={"help": "seed of the search and training"})
-    train_best: bool = dataclasses.field(
-        default=False, metadata={"help": "train the best hyperparameters into <output_dir>/best"}
-    )
+    output_dir: str  # directory for tuner/, best_hyperparameters.json and best/
+    dataset: str = input_pipeline.DEFAULT_DATASET  # TFDS name[/config][:version]
+    data_dir: str | None = None  # TFDS data_dir holding the built dataset
 
 
 class FaceHyperModel(keras_tuner.HyperModel):
-    """Builds a pipeline.models model from a trial's values and trains it like `happysad train`."""
+    """Builds a pipeline.train.models model from a trial's values and trains it with `fit`."""
 
-    def __init__(self, base: train.TrainConfig):
-        super().__init__(name=f"happysad_{base.model}")
+    def __init__(self, base: config_lib.TrainConfig, seed: int):
+        super().__init__(name=f"happysad_{base.model.model}")
         self.base = base
+        self.seed = seed
 
-    def trial_config(self, hp: keras_tuner.HyperParameters) -> train.TrainConfig:
-        values = SEARCH_SPACES[self.base.model](hp)
+    def trial_config(self, hp: keras_tuner.HyperParameters) -> config_lib.TrainConfig:
+        """The base TrainConfig with this trial's values (augment_strength 0: no augmentation)."""
+        values = SEARCH_SPACES[self.base.model.model](hp)
         strength = values.pop("augment_strength")
-        return dataclasses.replace(
-            self.base, augment=strength > 0, augment_strength=strength or 1.0, **values
+        model_values = {name: values.pop(name) for name in _MODEL_FIELDS if name in values}
+        model = dataclasses.replace(
+            self.base.model, augment=strength > 0, augment_strength=strength or 1.0, **model_values
         )
+        return dataclasses.replace(self.base, model=model, **values)
 
     def build(self, hp):
-        config = self.trial_config(hp)
-        return models.build_model(train.model_options(config), seed=config.seed)
+        return models.build_model(self.trial_config(hp), seed=self.seed)
 
     def fit(self, hp, model, *args, **kwargs):
         config = dataclasses.replace(self.trial_config(hp), epochs=kwargs["epochs"])
-        return train.fit(
+        return trainer.fit(
             model,
             config,
             args[0],
             kwargs.get("validation_data"),
             initial_epoch=kwargs.get("initial_epoch", 0),
-            callbacks=kwargs.get("callbacks"),
+            callbacks=kwargs.get("callbacks") or (),
             class_weight=kwargs.get("class_weight"),
             verbose=kwargs.get("verbose", "auto"),
         )
 
 
-def _tuner(config: TuneConfig, hypermodel: FaceHyperModel, epochs: int) -> keras_tuner.Tuner:
+def _tuner(
+    config: config_lib.Config, hypermodel: FaceHyperModel, output_dir: str
+) -> keras_tuner.Tuner:
+    tune = config.tune
     common = {
-        "objective": keras_tuner.Objective(config.objective, OBJECTIVES[config.objective]),
+        "objective": keras_tuner.Objective(tune.objective, OBJECTIVES[tune.objective]),
         "seed": config.seed,
-        "directory": config.output_dir,
+        "directory": output_dir,
         "project_name": TUNER_DIR,
         "overwrite": False,
     }
-    if config.tuner == "hyperband":
-        return keras_tuner.Hyperband(hypermodel, max_epochs=epochs, factor=3, **common)
-    if config.tuner == "random":
-        return keras_tuner.RandomSearch(hypermodel, max_trials=config.max_trials, **common)
-    return keras_tuner.BayesianOptimization(hypermodel, max_trials=config.max_trials, **common)
+    if tune.tuner == "hyperband":
+        return keras_tuner.Hyperband(
+            hypermodel, max_epochs=hypermodel.base.epochs, factor=3, **common
+        )
+    if tune.tuner == "random":
+        return keras_tuner.RandomSearch(hypermodel, max_trials=tune.max_trials, **common)
+    return keras_tuner.BayesianOptimization(hypermodel, max_trials=tune.max_trials, **common)
 
 
-def _base_config(config: TuneConfig) -> train.TrainConfig:
-    overrides = {
-        name: getattr(config, name)
-        for name in ("model", "epochs", "batch_size", "backbone_weights")
-        if getattr(config, name) is not None
-    }
-    return recipes.train_config(
-        config.recipe,
-        output_dir=os.path.join(config.output_dir, BEST_DIR),
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        train_split=config.train_split,
-        validation_split=config.validation_split,
-        seed=config.seed,
-        **overrides,
-    )
+def run(
+    config: config_lib.Config,
+    *,
+    output_dir: str,
+    dataset: str = input_pipeline.DEFAULT_DATASET,
+    data_dir: str | None = None,
+) -> dict:
+    """Runs (or resumes) the search; writes best_hyperparameters.json; trains it if asked.
 
+    Every trial trains through `trainer.fit` with `trainer.plan`'s rules on the train split
+    and is scored on the validation split; KerasTuner keeps the trials in output_dir/tuner.
 
-def run(config: TuneConfig) -> dict:
-    """Runs (or resumes) the search; writes best_hyperparameters.json; trains it if asked."""
-    if config.max_trials < 1:
-        raise errors.UserError(f"max trials must be at least 1, got {config.max_trials}")
-    base = _base_config(config)
-    if not train.has_validation(base):
-        raise errors.UserError(f"dataset {base.dataset!r} has no validation split to tune on")
-    os.makedirs(config.output_dir, exist_ok=True)
+    Returns:
+        {"best_hyperparameters", "objective", "best_score", "trials"} (+ "trained": the
+        summary of `trainer.run` on the best values, with `config.tune.train_best`).
+
+    Raises:
+        UserError: no validation split, fewer than one trial, an unknown dataset.
+    """
+    if config.tune.max_trials < 1:
+        raise errors.UserError(f"max trials must be at least 1, got {config.tune.max_trials}")
+    train = config.train
+    description = input_pipeline.describe(dataset, data_dir)
+    if not train.validation_split or not description["splits"].get(train.validation_split):
+        raise errors.UserError(f"dataset {dataset!r} has no validation split to tune on")
+    os.makedirs(output_dir, exist_ok=True)
     keras.utils.set_random_seed(config.seed)
-    counts = data.label_counts(base.dataset, base.train_split, base.data_dir)
-    base = train.adapt_to_data(base, sum(counts.values()))
-    hypermodel = FaceHyperModel(base)
-    tuner = _tuner(config, hypermodel, base.epochs)
-    class_weight = data.class_weights(counts) if base.class_weights else None
+    counts = input_pipeline.label_counts(dataset, train.train_split, data_dir)
+    train, class_weight = trainer.plan(train, counts)
+    hypermodel = FaceHyperModel(train, config.seed)
+    tuner = _tuner(config, hypermodel, output_dir)
     tuner.search(
-        data.load_split(
-            base.dataset,
-            base.train_split,
-            base.data_dir,
-            base.batch_size,
-            shuffle=True,
-            seed=base.seed,
+        input_pipeline.load_split(
+            dataset, train.train_split, data_dir, train.batch_size, shuffle=True, seed=config.seed
         ),
-        validation_data=data.load_split(
-            base.dataset, base.validation_split, base.data_dir, base.batch_size
+        validation_data=input_pipeline.load_split(
+            dataset, train.validation_split, data_dir, train.batch_size
         ),
-        epochs=base.epochs,
+        epochs=train.epochs,
         class_weight=class_weight,
         verbose=2,
     )
-    best_hp = tuner.get_best_hyperparameters(1)[0]
-    best = hypermodel.trial_config(best_hp)
+    best = hypermodel.trial_config(tuner.get_best_hyperparameters(1)[0])
     trial = tuner.oracle.get_best_trials(1)[0]
-    searched = sorted(SEARCH_SPACES[base.model](keras_tuner.HyperParameters()))
-    chosen = {
-        name: getattr(best, name)
-        for name in ("recipe", "model", *searched, "augment")
-        if hasattr(best, name)
-    }
     result = {
-        "best_hyperparameters": chosen,
-        "objective": config.objective,
+        "best_hyperparameters": config_lib.to_dict(best),
+        "objective": config.tune.objective,
         "best_score": trial.score,
         "trials": len(tuner.oracle.trials),
     }
-    train.write_json(os.path.join(config.output_dir, BEST_FILE), result)
-    if config.train_best:
-        result["trained"] = train.run(best)
+    artifacts.write_json(os.path.join(output_dir, BEST_FILE), result)
+    if config.tune.train_best:
+        best_config = dataclasses.replace(config, train=best)
+        result["trained"] = trainer.run(
+            best_config,
+            output_dir=os.path.join(output_dir, BEST_DIR),
+            dataset=dataset,
+            data_dir=data_dir,
+        )
     return result
