@@ -71,7 +71,7 @@ REASONS = {
 }
 
 # Formats decoded here (Pillow decodes them everywhere); others are recognised but refused.
-SUPPORTED_FORMATS = ("jpeg", "png", "gif", "webp", "bmp", "tiff")
+SUPPORTED_FORMATS = ("jpeg", "png", "gif", "webp", "bmp")
 _PIL_FORMATS = {
     "jpeg": "JPEG",
     "png": "PNG",
@@ -241,6 +241,8 @@ def sniff_format(data: bytes) -> str | None:
             return image_format
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp"
+    if data[:1] == b"P" and data[1:2] in b"123456" and data[2:3] in b" \t\r\n":
+        return "pnm"  # Netpbm: PBM, PGM, PPM
     if data[4:8] == b"ftyp" and data[8:12] in _FTYP_BRANDS:
         return _FTYP_BRANDS[data[8:12]]
     if _looks_like_svg(data[:_SVG_PROBE_BYTES]):
