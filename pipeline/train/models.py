@@ -7,6 +7,7 @@ it, so the exported serving graph is the same for every option. The custom layer
 registered with Keras: `import pipeline.models` before `keras.models.load_model`.
 """
 
+import contextlib
 import typing
 
 import keras
@@ -168,6 +169,57 @@ def without_strided_pointwise(model: keras.Model) -> keras.Model:
     return copy
 
 
+def with_dtype_policy(model: keras.Model, policy: str) -> keras.Model:
+    """A copy of `model` (same layers, names and weights) whose layers compute in `policy`.
+
+    For networks loaded from files, whose layers carry the dtype they were saved with; the
+    variables stay float32 under "mixed_bfloat16" (Keras' mixed precision).
+    """
+    if all(layer.dtype_policy.name == policy for layer in _all_layers(model)):
+        return model
+
+    def clone(layer):
+        config = layer.get_config()
+        config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            return {flag for line in cpuinfo if line.startswith("flags") for flag in line.split()}
+    except OSError:
+        return set()
+
+
+def dtype_policy(precision: str) -> str:
+    """The Keras dtype policy of a TrainConfig.precision: "auto" picks by the CPU.
+
+    "auto" is "mixed_bfloat16" on CPUs with native bfloat16 arithmetic (AVX512_BF16, or AMX
+    with its BF16 tiles), where oneDNN runs bf16 convolutions and matrix products in
+    hardware, and "float32" elsewhere (emulated bf16 would be slower than float32).
+    """
+    if precision != "auto":
+        return precision
+    native = {"avx512_bf16", "amx_bf16"} & cpu_flags()
+    return "mixed_bfloat16" if native else "float32"
+
+
+@contextlib.contextmanager
+def _global_dtype_policy(policy: str):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
 def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
     found = []
     for layer in model.layers:
@@ -246,11 +298,12 @@ def _fer_head(features: keras.KerasTensor) -> keras.KerasTensor:
     contrast = layers.Dense(
         1,
         use_bias=False,
+        dtype="float32",
         kernel_initializer=keras.initializers.Constant(kernel),
         trainable=False,
         name="happy_minus_sad",
     )
-    return Calibration(name="calibration")(contrast(features))
+    return Calibration(name="calibration", dtype="float32")(contrast(features))
 
 
 def _backbones(model: keras.Model) -> list[keras.Model]:
@@ -287,6 +340,7 @@ def set_backbone_trainable(model: keras.Model, trainable: bool) -> None:
 def _fer_body(options: config_lib.ModelConfig, augment: keras.Layer | None) -> keras.Model:
     network = backbones.fer_backbone(options.backbone_weights, options.weights_cache_dir)
     network = without_strided_pointwise(network)
+    network = with_dtype_policy(network, keras.config.dtype_policy().name)
     backbone = keras.Model(network.inputs, network.output, name=BACKBONE)
     side = backbones.FER_INPUT_SIZE
     inputs = keras.Input(INPUT_SHAPE)
@@ -337,7 +391,8 @@ def _body(options: config_lib.ModelConfig, augment: keras.Layer | None) -> keras
 def build_model(config: config_lib.TrainConfig, seed: int | None = None) -> keras.Model:
     """A compiled model: float32 (None, 256, 256, 3) in [0, 1] -> (None, 1) sigmoid P(happy).
 
-    The architecture is `config.model`; binary cross-entropy, Adam at `config.learning_rate`
+    The architecture is `config.model`, computing in `config.precision` (dtype_policy; the
+    output and the FER head stay float32); binary cross-entropy, Adam at `config.learning_rate`
     (or the head's rate while the backbone is frozen) and accuracy/precision/recall/AUC. With
     `flip_average` the logit is the mean over the image and its mirror image, so the model is
     mirror-symmetric by construction (test-time flips, trained as such).
@@ -349,15 +404,18 @@ def build_model(config: config_lib.TrainConfig, seed: int | None = None) -> kera
     options = config.model
     if options.model not in MODELS:
         raise ValueError(f"unknown model {options.model!r} (choose from {', '.join(MODELS)})")
-    inputs = keras.Input(INPUT_SHAPE, name=contract.IMAGES_INPUT)
-    augment = augmentation(options.augment_strength, seed) if options.augment else None
-    body = _body(options, augment)
-    logit = body(inputs)
-    if options.flip_average:
-        mirrored = body(HorizontalFlip(name="mirror")(inputs))
-        logit = layers.Average(name="flip_average")([logit, mirrored])
-    outputs = layers.Activation("sigmoid", dtype="float32", name=contract.PROBABILITY_OUTPUT)(logit)
-    model = keras.Model(inputs, outputs, name=f"happysad_{options.model}")
+    with _global_dtype_policy(dtype_policy(config.precision)):
+        inputs = keras.Input(INPUT_SHAPE, name=contract.IMAGES_INPUT)
+        augment = augmentation(options.augment_strength, seed) if options.augment else None
+        body = _body(options, augment)
+        logit = body(inputs)
+        if options.flip_average:
+            mirrored = body(HorizontalFlip(name="mirror")(inputs))
+            logit = layers.Average(name="flip_average")([logit, mirrored])
+        outputs = layers.Activation("sigmoid", dtype="float32", name=contract.PROBABILITY_OUTPUT)(
+            logit
+        )
+        model = keras.Model(inputs, outputs, name=f"happysad_{options.model}")
     trainable = config.fine_tune and config.head_epochs == 0
     set_backbone_trainable(model, trainable)
     rate = config.learning_rate if trainable or not _backbones(model) else config.head_learning_rate
