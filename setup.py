@@ -26,6 +26,8 @@ INSTALL_REQUIRES = [
     "tensorflow-serving-api>=2.21,<2.22",
     "aiohttp>=3.10,<4",
     "orjson>=3.10",
+    # The command line, generated from the configuration dataclasses (what TFDS's CLI uses).
+    "simple-parsing>=0.1.6",
 ]
 
 EXTRAS_REQUIRE = {
