@@ -10,8 +10,10 @@ registered with Keras: `import pipeline.models` before `keras.models.load_model`
 import dataclasses
 
 import keras
+import tensorflow as tf
 from keras import layers, ops
 
+from pipeline.data import face_detection
 from pipeline.train import backbones
 
 IMAGE_SIZE = 256
@@ -45,6 +47,7 @@ class ModelOptions:
     backbone_weights: str = backbones.PRETRAINED
     fine_tune: bool = True
     center_crop: float = 1.0
+    face_crop: float | None = None
     flip_average: bool = False
     jit_compile: bool | str = "auto"
     weights_cache_dir: str = backbones.DEFAULT_CACHE_DIR
@@ -89,6 +92,43 @@ class CentralCrop(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "fraction": self.fraction}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FaceCrop(layers.Layer):
+    """Crops every image to its largest face, found by MTCNN in TensorFlow ops.
+
+    `pipeline.data.face_detection.FaceDetector` (weights from the mtcnn wheel) finds the
+    faces in the [0, 1] image quantised to uint8; the largest face's square box, grown by
+    `margin` (a fraction of the face's side, on every side), is resized back to the input's
+    size (`tf.image.crop_and_resize`, bilinear; zeros past the image's edges). An image without
+    a face passes whole. No weights are learnt: the same crop in training and in the exported
+    serving graph. Costs about 16 ms per 256x256 image on one core.
+    """
+
+    def __init__(self, margin: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= margin <= 1.0:
+            raise ValueError(f"face margin must be in [0, 1], got {margin}")
+        self.margin = margin
+        self.detector = face_detection.FaceDetector()
+
+    def call(self, images):
+        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
+        margin = tf.constant(self.margin, tf.float32)
+        boxes = tf.map_fn(
+            lambda image: self.detector.largest_face_box(image, margin)[0],
+            pixels,
+            fn_output_signature=tf.TensorSpec([4], tf.float32),
+        )
+        size = tf.shape(images)[1:3]
+        return tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]), size)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "margin": self.margin}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -310,7 +350,10 @@ def _fer_body(options: ModelOptions, augment: keras.Layer | None) -> keras.Model
     backbone = keras.Model(network.inputs, network.output, name=BACKBONE)
     side = backbones.FER_INPUT_SIZE
     inputs = keras.Input(INPUT_SHAPE)
-    x = CentralCrop(options.center_crop, name="center_crop")(inputs)
+    x = inputs
+    if options.face_crop is not None:
+        x = FaceCrop(options.face_crop, name="face_crop")(x)
+    x = CentralCrop(options.center_crop, name="center_crop")(x)
     x = layers.Resizing(side, side, interpolation="bilinear", antialias=True, name="to_64")(x)
     x = Grayscale(name="grayscale")(x)
     if augment is not None:  # at 64x64 it costs a sixteenth of what it would at 256x256

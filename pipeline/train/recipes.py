@@ -24,6 +24,7 @@ _SEED = {
     "fine_tune": True,
     "fine_tune_min_examples": 0,
     "center_crop": 1.0,
+    "face_crop": None,  # or a margin: crop to the largest face (MTCNN) inside the model
     "flip_average": False,
     "class_weights": False,
     "early_stopping_patience": 0,

@@ -103,6 +103,10 @@ class TrainConfig:
     center_crop: float | None = _recipe_field(
         "backbones: keep this central fraction of the image (1 = all)"
     )
+    face_crop: float | None = _recipe_field(
+        "fer_transfer: crop to the largest face (MTCNN, inside the model and so the serving "
+        "graph), grown by this fraction of its side; unset: no detector"
+    )
     flip_average: bool | None = _recipe_field(
         "average the logits of the image and its mirror image (in training and serving)"
     )
