@@ -121,8 +121,10 @@ class FaceCrop(layers.Layer):
             pixels,
             fn_output_signature=tf.TensorSpec([4], tf.float32),
         )
-        size = tf.shape(images)[1:3]
-        return tf.image.crop_and_resize(images, boxes, tf.range(tf.shape(images)[0]), size)
+        crops = tf.image.crop_and_resize(
+            images, boxes, tf.range(tf.shape(images)[0]), tf.shape(images)[1:3]
+        )
+        return tf.ensure_shape(crops, images.shape)  # keeps the static height and width
 
     def compute_output_shape(self, input_shape):
         return input_shape
