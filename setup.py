@@ -17,6 +17,8 @@ INSTALL_REQUIRES = [
     "keras-tuner>=1.4.7,<2",
     # 4.x wheels ship the Haar cascades under cv2.data; 5.x wheels do not.
     "opencv-python-headless>=4.10,<5",
+    # MTCNN face-detector weights (MIT; pulls joblib and lz4 only: TensorFlow is its extra).
+    "mtcnn>=1.0,<2",
     "pillow>=11",
     "numpy>=2,<3",
     "pandas>=2.2",
@@ -40,6 +42,8 @@ EXTRAS_REQUIRE = {
     ],
     "bench": [
         "flask>=3",
+        # benchmarks/bench_quality.py: logistic heads, log-loss and AUC.
+        "scikit-learn>=1.5",
     ],
     "gcp": ["apache-beam[gcp]>=2.77,<3"],
     "aws": ["apache-beam[aws]>=2.77,<3"],

