@@ -270,10 +270,12 @@ def _merge_shards(paths: list[str], output_dir: str) -> str:
             with FileSystems.create(path) as stream, io.TextIOWrapper(stream, "utf-8") as text:
                 text.write(",".join(MANIFEST_COLUMNS) + "\n")
                 text.writelines(merged)
-    FileSystems.delete(sorted(paths))
-    parts = FileSystems.join(output_dir, _MANIFEST_PARTS)
-    if artifacts.is_local(parts) and FileSystems.exists(parts):
-        FileSystems.delete([parts])
+    # Locally the folder goes whole: FileSystems.delete globs its paths, and an output folder
+    # named like "clean [run 1]" is no pattern that matches itself.
+    if artifacts.is_local(output_dir):
+        artifacts.remove(FileSystems.join(output_dir, _MANIFEST_PARTS))
+    elif paths:
+        FileSystems.delete(sorted(paths))
     return path
 
 
