@@ -23,6 +23,9 @@ from pipeline.data import splits
 logger = logging.getLogger(__name__)
 
 DATASET_NAME = "happysad_tfds"
+# tensorflow_datasets (4.9) renames each finished shard by globbing its folder (etils epath), so
+# under a path holding a glob character the shards keep their temporary names: a broken dataset.
+_GLOB_CHARACTERS = re.compile(r"[][*?]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +40,17 @@ def builder_for(config: config_lib.Config, data_dir: str | None = None):
     """The happysad_tfds builder of `config.data` and `config.seed` in `data_dir`.
 
     Raises:
-        UserError: a local --input folder that does not exist.
+        UserError: a local --input folder that does not exist, or a data_dir that TFDS cannot
+            write to (its path holds '[', ']', '*' or '?').
     """
     import happysad_tfds
+
+    if data_dir is not None and _GLOB_CHARACTERS.search(os.fspath(data_dir)):
+        raise errors.UserError(
+            f"TFDS cannot build a dataset under {data_dir}: tensorflow_datasets finds its "
+            "shards with glob patterns, which '[', ']', '*' and '?' in the path break; choose "
+            "a --data-dir without them"
+        )
 
     data = config.data
     if data.input is not None and artifacts.is_local(data.input):
