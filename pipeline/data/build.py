@@ -109,8 +109,6 @@ def run(
     )
     try:
         builder.download_and_prepare(download_config=download_config)
-    except errors.UserError:
-        raise
     except Exception as error:
         message = _user_error_message(error)
         if message is None:
@@ -122,6 +120,7 @@ def run(
 # The sentence of a UserError raised on a Beam worker, as the runner re-raises it: the
 # original exception's text, possibly inside a traceback and followed by Beam's context.
 _WORKER_USER_ERROR = re.compile(r"UserError: (.+?)(?: \[while running .*)?$", re.MULTILINE)
+_BEAM_CONTEXT = re.compile(r" \[while running .*$", re.DOTALL)
 
 
 def _user_error_message(error: BaseException) -> str | None:
@@ -129,8 +128,8 @@ def _user_error_message(error: BaseException) -> str | None:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, errors.UserError):
-            return str(error)
+        if isinstance(error, errors.UserError):  # Beam re-raises it with its step appended
+            return _BEAM_CONTEXT.sub("", str(error))
         match = _WORKER_USER_ERROR.search(str(error))
         if match:
             return match.group(1).strip()
