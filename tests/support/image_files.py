@@ -8,6 +8,7 @@ serving graph cannot decode. Each file comes with the verdict any correct data j
 """
 
 import gzip
+import hashlib
 import io
 import os
 import struct
@@ -137,13 +138,36 @@ def write_files(root: str, files: dict) -> None:
             stream.write(content)
 
 
-def write_faces(root: str, per_label: int = 4, seed: int = 0) -> dict[str, bytes]:
-    """`per_label` distinct accepted photos in each of root/happy and root/sad (JPEG and PNG)."""
+def face_files(per_label: int = 4, seed: int = 0, start: int = 0) -> dict[str, bytes]:
+    """{relative path: content}: `per_label` distinct photos for each label, JPEG and PNG."""
     files = {}
     for label_index, label in enumerate(("sad", "happy")):
-        for index in range(per_label):
-            picture = photo(seed=seed * 1000 + label_index * 100 + index)
+        for index in range(start, start + per_label):
+            picture = photo(seed=seed * 100_000 + label_index * 10_000 + index)
             extension, image_format = (("jpg", "JPEG"), ("png", "PNG"))[index % 2]
-            files[f"{label}/{label}_{index}.{extension}"] = encode(picture, image_format)
+            files[f"{label}/{label}_{index:03d}.{extension}"] = encode(picture, image_format)
+    return files
+
+
+def write_faces(root: str, per_label: int = 4, seed: int = 0) -> dict[str, bytes]:
+    """Writes face_files(per_label, seed) under root; returns them."""
+    files = face_files(per_label, seed)
+    write_files(root, files)
+    return files
+
+
+def write_dataset_faces(root: str, per_label: int = 4, seed: int = 0) -> dict[str, bytes]:
+    """At least `per_label` photos per label, and more until every split gets one.
+
+    Splits go by content hash (pipeline.data.splits), so a handful of photos may leave the
+    validation or test split empty, which a dataset build refuses.
+    """
+    from pipeline.data import splits
+
+    files = face_files(per_label, seed)
+    while {splits.assign_split(hashlib.sha256(data).hexdigest()) for data in files.values()} != set(
+        splits.SPLITS
+    ):
+        files.update(face_files(1, seed, start=len(files) // 2))
     write_files(root, files)
     return files
