@@ -226,8 +226,10 @@ class CleanImages(beam.PTransform):
 def manifest_line(row: dict) -> str:
     """One CSV line (no newline) of a manifest row, MANIFEST_COLUMNS in order (RFC 4180)."""
     text = io.StringIO()
-    csv.writer(text, lineterminator="").writerow([row[name] for name in MANIFEST_COLUMNS])
-    return text.getvalue()
+    # csv quotes a field only for the line terminator's characters: "\r\n" makes it quote a
+    # file name holding a line break, which an empty terminator would leave bare.
+    csv.writer(text, lineterminator="\r\n").writerow([row[name] for name in MANIFEST_COLUMNS])
+    return text.getvalue().removesuffix("\r\n")
 
 
 def _sort_key(row: dict) -> tuple[str, str]:
