@@ -7,12 +7,27 @@ TensorFlow ram:// files that tf.io.gfile reads and writes, so the object-store c
 (no atomic rename: whole objects, `saved_model.pb` last) run for real in one process.
 """
 
+import io
 import posixpath
 
 import tensorflow as tf
 from apache_beam.io import filesystem
 
 SCHEME = "ram"
+
+
+class _Upload(io.BytesIO):
+    """A whole-object write: the object appears when the stream is closed, as on GCS or S3."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self._path = path
+
+    def close(self):
+        if not self.closed:
+            with tf.io.gfile.GFile(self._path, "wb") as stream:
+                stream.write(self.getvalue())
+        super().close()
 
 
 class RamFileSystem(filesystem.FileSystem):
@@ -52,7 +67,11 @@ class RamFileSystem(filesystem.FileSystem):
     def _open(self, path, mode, compression_type):
         if compression_type == filesystem.CompressionTypes.AUTO:
             compression_type = filesystem.CompressionTypes.detect_compression_type(path)
-        raw = tf.io.gfile.GFile(path, mode)
+        if mode == "wb":
+            raw = _Upload(path)
+        else:
+            with tf.io.gfile.GFile(path, "rb") as stream:
+                raw = io.BytesIO(stream.read())
         if compression_type == filesystem.CompressionTypes.UNCOMPRESSED:
             return raw
         return filesystem.CompressedFile(raw, compression_type=compression_type)
