@@ -32,6 +32,22 @@ def test_fingerprint_tracks_content_names_and_membership(tmp_path):
     assert file_print["files"] == 1 and len(file_print["sha256"]) == 64
 
 
+def test_fingerprint_of_a_folder_as_users_have_them(tmp_path):
+    """Brackets in the name, a non-UTF-8 file name, a linked folder, a loop, a dead link."""
+    root = str(tmp_path / "photos [1]")
+    _write(f"{root}/happy/a.jpg", "a")
+    with open(os.path.join(os.fsencode(root), b"happy", b"caf\xe9.jpg"), "wb") as handle:
+        handle.write(b"e")
+    _write(str(tmp_path / "more" / "b.jpg"), "b")
+    os.symlink(tmp_path / "more", f"{root}/happy/more")
+    os.symlink(root, str(tmp_path / "more" / "loop"))
+    os.symlink(str(tmp_path / "nowhere.jpg"), f"{root}/happy/dead.jpg")
+    first = stage_records.fingerprint(root)
+    assert first["files"] == 3
+    _write(str(tmp_path / "more" / "b.jpg"), "B")  # a linked file is content too
+    assert stage_records.fingerprint(root)["sha256"] != first["sha256"]
+
+
 def test_fingerprint_of_missing_path_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         stage_records.fingerprint(str(tmp_path / "nope"))
