@@ -60,6 +60,7 @@ class RamFileSystem(filesystem.FileSystem):
         for directory, _, names in tf.io.gfile.walk(top):
             for name in names:
                 path = posixpath.join(directory, name)
+                # (TF's ram:// lists "assets.extra/x" under "assets" too: keep real objects.)
                 if path.startswith(dir_or_prefix) and path not in seen and self.exists(path):
                     seen.add(path)
                     yield self.metadata(path)
@@ -69,6 +70,8 @@ class RamFileSystem(filesystem.FileSystem):
             compression_type = filesystem.CompressionTypes.detect_compression_type(path)
         if mode == "wb":
             raw = _Upload(path)
+        elif not self.exists(path):
+            raise FileNotFoundError(f"no object {path}")
         else:
             with tf.io.gfile.GFile(path, "rb") as stream:
                 raw = io.BytesIO(stream.read())
@@ -92,7 +95,8 @@ class RamFileSystem(filesystem.FileSystem):
         self.delete(source_file_names)
 
     def exists(self, path):
-        return tf.io.gfile.exists(path)
+        # As on GCS and S3: objects exist, "folders" are only a prefix of their names.
+        return tf.io.gfile.exists(path) and not tf.io.gfile.isdir(path)
 
     def size(self, path):
         return tf.io.gfile.stat(path).length
