@@ -33,14 +33,16 @@ def fingerprint(path: str) -> dict[str, Any]:
     is added, removed, renamed or edited, and only then. Files named `record.json` are left
     out: a stage's own record must not change its output's fingerprint.
     """
-    if not FileSystems.exists(path):
-        raise FileNotFoundError(f"stage input {path} does not exist")
     if not _is_directory(path):
+        if not FileSystems.exists(path):
+            raise FileNotFoundError(f"stage input {path} does not exist")
         return {"path": path, "sha256": artifacts.file_sha256(path), "files": 1}
     prefix = path.rstrip("/") + "/"
     files = sorted(
         file_path for file_path in _files_under(path) if os.path.basename(file_path) != RECORD_FILE
     )
+    if not files and "://" in path:  # on GCS and S3 a folder is a prefix: none, nothing there
+        raise FileNotFoundError(f"stage input {path} does not exist")
     digest = hashlib.sha256()
     for file_path in files:
         relative = file_path[len(prefix) :]
