@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from pipeline import stage_records
+from pipeline import artifacts, stage_records
+from tests.support import ram_filesystem
 
 
 def _write(path, text):
@@ -51,6 +52,18 @@ def test_fingerprint_of_a_folder_as_users_have_them(tmp_path):
 def test_fingerprint_of_missing_path_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         stage_records.fingerprint(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError):
+        stage_records.fingerprint(ram_filesystem.new_base("nope"))
+
+
+def test_fingerprint_of_an_object_store_folder():
+    root = ram_filesystem.new_base("photos")
+    for name, content in (("happy/a.jpg", "a"), ("sad/b.jpg", "b")):
+        artifacts.write_text(f"{root}/{name}", content)
+    first = stage_records.fingerprint(root)
+    assert first["files"] == 2
+    artifacts.write_text(f"{root}/sad/b.jpg", "B")
+    assert stage_records.fingerprint(root)["sha256"] != first["sha256"]
 
 
 def test_runner_caches_until_inputs_or_parameters_change(tmp_path):
