@@ -5,26 +5,46 @@ It runs the same commands a user would type: `happysad serve` in the background,
 """
 
 import argparse
-import glob
 import os
 import shlex
 import signal
 import subprocess
 import sys
 
-from pipeline import orchestrate
+from pipeline import artifacts, contract, orchestrate, stage_records
 
 IMAGES_PER_LABEL = 3
 
 
 def sample_images(workdir: str, per_label: int = IMAGES_PER_LABEL) -> list[str]:
-    """A few test-split images that `happysad preprocess` wrote, from each label."""
-    images = []
-    for label in ("happy", "sad"):
-        pattern = os.path.join(workdir, "preprocess", "images", "test", label, "*")
-        images += sorted(glob.glob(pattern))[:per_label]
+    """PNG files of a few test-split examples of the dataset `happysad run` built in workdir.
+
+    The examples are what the model was evaluated on (uint8 RGB 256x256), so the demo works
+    for the synthetic faces, which exist only inside the dataset, as for a folder of photos.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from pipeline.train import input_pipeline
+
+    record = stage_records.read_record(os.path.join(workdir, "build"))
+    if record is None:
+        raise SystemExit(f"demo: no dataset built in {workdir}/build: run `happysad run` first")
+    built = record.outputs
+    dataset = f"{built['name']}/{built['config']}:{built['version']}"
+    examples = input_pipeline.load_examples(dataset, "test", built["data_dir"])
+    folder = os.path.join(workdir, "demo")
+    found = {label: [] for label in contract.LABELS}
+    for example in examples.as_numpy_iterator():
+        label = contract.LABELS[int(example["label"])]
+        if len(found[label]) < per_label:
+            path = os.path.join(folder, f"{label}_{len(found[label]) + 1}.png")
+            picture = Image.fromarray(np.asarray(example["image"]))
+            artifacts.write_with(path, lambda temporary, picture=picture: picture.save(temporary))
+            found[label].append(path)
+    images = [path for label in contract.LABELS for path in found[label]]
     if not images:
-        raise SystemExit(f"demo: no test images under {workdir}/preprocess/images: run first")
+        raise SystemExit(f"demo: the test split of {dataset} is empty")
     return images
 
 
