@@ -7,6 +7,7 @@ line, no record left, and the same command resumes.
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
-from pipeline import cli, config, errors, orchestrate, stage_records
+from pipeline import cli, config, demo, errors, orchestrate, stage_records
 from pipeline.data import job
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -98,6 +99,24 @@ def test_the_served_model_traces_back_to_its_data_and_parameters(first_run):
     trained = config.from_dict(config.TrainConfig, lineage["train"]["parameters"]["train"])
     assert trained == cfg.train and lineage["train"]["parameters"]["seed"] == cfg.seed
     assert config.from_dict(config.Config, card["config"]) == cfg
+
+
+@pytest.mark.slow
+def test_the_pushed_model_is_served_and_answers_happysad_predict(first_run, capfd, monkeypatch):
+    """End to end, as `make demo` does it: `happysad serve` the push, `happysad predict`."""
+    _, _, workdir, _ = first_run
+    monkeypatch.setenv("PYTHONPATH", ROOT)
+    with socket.socket() as probe:  # a free port for the server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    images = demo.sample_images(workdir)
+    assert {os.path.basename(path).split("_")[0] for path in images} == {"happy", "sad"}
+    assert demo.main(["--workdir", workdir, "--port", str(port)]) == 0
+    lines = [line for line in capfd.readouterr().out.splitlines() if line.startswith("{")]
+    answers = [json.loads(line) for line in lines]
+    assert len(answers) == len(images)
+    for answer in answers:
+        assert answer["label"] in ("happy", "sad") and 0.0 <= answer["probability"] <= 1.0
 
 
 @pytest.mark.slow
