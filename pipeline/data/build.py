@@ -23,8 +23,8 @@ from pipeline.data import splits
 logger = logging.getLogger(__name__)
 
 DATASET_NAME = "happysad_tfds"
-# tensorflow_datasets (4.9) renames each finished shard by globbing its folder (etils epath), so
-# under a path holding a glob character the shards keep their temporary names: a broken dataset.
+# tensorflow_datasets (4.9) finds a dataset's files by glob (etils epath): under a path holding a
+# glob character a build leaves its shards under temporary names, and no build is found again.
 _GLOB_CHARACTERS = re.compile(r"[][*?]")
 
 
@@ -47,9 +47,9 @@ def builder_for(config: config_lib.Config, data_dir: str | None = None):
 
     if data_dir is not None and _GLOB_CHARACTERS.search(os.fspath(data_dir)):
         raise errors.UserError(
-            f"TFDS cannot build a dataset under {data_dir}: tensorflow_datasets finds its "
-            "shards with glob patterns, which '[', ']', '*' and '?' in the path break; choose "
-            "a --data-dir without them"
+            f"TFDS cannot keep a dataset under {data_dir}: tensorflow_datasets finds its "
+            "files with glob patterns, which '[', ']', '*' and '?' in the path break; choose "
+            "a data directory (or work directory) without them"
         )
 
     data = config.data
