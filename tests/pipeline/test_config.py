@@ -103,6 +103,7 @@ def _train_argv(output_dir, data_dir, *flags):
     ]
 
 
+@pytest.mark.slow
 def test_command_line_flags_override_the_recipe(tiny_data_dir, tmp_path):
     flags = ["--recipe", "seed", "--seed", "7", "--epochs", "1", "--filters", "4"]
     flags += ["--dense-units", "8", "--augment", "--xla", "off", "--validation-split", ""]

@@ -44,7 +44,11 @@ class RecordStart(keras.callbacks.Callback):
 
 def _config(recipe="seed", **changes) -> config.Config:
     """A recipe shrunk to the tiny dataset; `changes` are dotted field names."""
-    small = {"train.model.filters": 4, "train.model.dense_units": 8} if recipe[:4] == "seed" else {}
+    small = (
+        {"train.model.filters": 4, "train.model.dense_units": 8}
+        if recipe.startswith("seed")
+        else {}
+    )
     # No XLA: compiling each tiny run would cost more than running it.
     values = {"train.epochs": 2, "train.batch_size": 8, "train.xla": "off", **small, **changes}
     return config.replace(config.recipe(recipe), **values)
