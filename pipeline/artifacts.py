@@ -207,11 +207,11 @@ def list_versions(base: str) -> list[int]:
 
 def _version_folders(base: str) -> list[tuple[int, str]]:
     """(version, folder name) of every integer-named folder under `base`, complete or not."""
-    if not FileSystems.exists(base):
-        return []
     if is_local(base):
+        if not os.path.isdir(local_path(base)):
+            return []
         names = [name for name in os.listdir(local_path(base)) if os.path.isdir(join(base, name))]
-    else:
+    else:  # no exists() for a prefix: on GCS and S3 only objects exist, "folders" do not
         prefix = base.rstrip("/") + "/"
         matches = FileSystems.match([prefix + "*/" + contract.SAVED_MODEL_FILE, prefix + "*/*"])
         names = {

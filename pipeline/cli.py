@@ -205,6 +205,14 @@ def build_config(base: config_lib.Config, namespace: argparse.Namespace, stage: 
     return dataclasses.replace(base, **changes)
 
 
+def _shown(record: logging.LogRecord) -> bool:
+    """False for known noise, and for a UserError a runner logs with its traceback (a worker's
+    bad input): `main` reports that one in one line."""
+    if record.exc_info and isinstance(record.exc_info[1], errors.UserError):
+        return False
+    return not any(text in record.getMessage() for text in _IGNORED_WARNINGS)
+
+
 def configure_logging() -> None:
     """Our packages at INFO, libraries at WARNING, one format (before any stage is imported)."""
     logging.basicConfig(
@@ -214,9 +222,7 @@ def configure_logging() -> None:
         force=True,
     )
     for handler in logging.getLogger().handlers:
-        handler.addFilter(
-            lambda record: not any(text in record.getMessage() for text in _IGNORED_WARNINGS)
-        )
+        handler.addFilter(_shown)
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
 

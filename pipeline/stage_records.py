@@ -33,24 +33,45 @@ def fingerprint(path: str) -> dict[str, Any]:
     is added, removed, renamed or edited, and only then. Files named `record.json` are left
     out: a stage's own record must not change its output's fingerprint.
     """
-    if not FileSystems.exists(path):
-        raise FileNotFoundError(f"stage input {path} does not exist")
     if not _is_directory(path):
+        if not FileSystems.exists(path):
+            raise FileNotFoundError(f"stage input {path} does not exist")
         return {"path": path, "sha256": artifacts.file_sha256(path), "files": 1}
     prefix = path.rstrip("/") + "/"
     files = sorted(
-        metadata.path
-        for match in FileSystems.match([prefix + "**"])
-        for metadata in match.metadata_list
-        if os.path.basename(metadata.path) != RECORD_FILE
+        file_path for file_path in _files_under(path) if os.path.basename(file_path) != RECORD_FILE
     )
+    if not files and "://" in path:  # on GCS and S3 a folder is a prefix: none, nothing there
+        raise FileNotFoundError(f"stage input {path} does not exist")
     digest = hashlib.sha256()
     for file_path in files:
         relative = file_path[len(prefix) :]
         digest.update(
-            relative.encode("utf-8") + b"\0" + artifacts.file_sha256(file_path).encode() + b"\n"
+            os.fsencode(relative) + b"\0" + artifacts.file_sha256(file_path).encode() + b"\n"
         )
     return {"path": path, "sha256": digest.hexdigest(), "files": len(files)}
+
+
+def _files_under(path: str) -> list[str]:
+    """Every file under a directory. Locally a walk, not a glob (a folder named "photos [1]" is
+    no pattern that matches itself), following links into folders as the data job does, each
+    real folder once."""
+    if "://" in path:
+        return [
+            metadata.path
+            for match in FileSystems.match([path.rstrip("/") + "/**"])
+            for metadata in match.metadata_list
+        ]
+    found, visited = [], set()
+    for directory, folders, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(directory)
+        if real in visited:
+            folders[:] = []
+            continue
+        visited.add(real)
+        paths = (os.path.join(directory, name) for name in names)
+        found += [path for path in paths if os.path.exists(path)]  # not broken links
+    return found
 
 
 def _is_directory(path: str) -> bool:

@@ -23,6 +23,9 @@ from pipeline.data import splits
 logger = logging.getLogger(__name__)
 
 DATASET_NAME = "happysad_tfds"
+# tensorflow_datasets (4.9) finds a dataset's files by glob (etils epath): under a path holding a
+# glob character a build leaves its shards under temporary names, and no build is found again.
+_GLOB_CHARACTERS = re.compile(r"[][*?]")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +40,17 @@ def builder_for(config: config_lib.Config, data_dir: str | None = None):
     """The happysad_tfds builder of `config.data` and `config.seed` in `data_dir`.
 
     Raises:
-        UserError: a local --input folder that does not exist.
+        UserError: a local --input folder that does not exist, or a data_dir that TFDS cannot
+            write to (its path holds '[', ']', '*' or '?').
     """
     import happysad_tfds
+
+    if data_dir is not None and _GLOB_CHARACTERS.search(os.fspath(data_dir)):
+        raise errors.UserError(
+            f"TFDS cannot keep a dataset under {data_dir}: tensorflow_datasets finds its "
+            "files with glob patterns, which '[', ']', '*' and '?' in the path break; choose "
+            "a data directory (or work directory) without them"
+        )
 
     data = config.data
     if data.input is not None and artifacts.is_local(data.input):
@@ -98,8 +109,6 @@ def run(
     )
     try:
         builder.download_and_prepare(download_config=download_config)
-    except errors.UserError:
-        raise
     except Exception as error:
         message = _user_error_message(error)
         if message is None:
@@ -111,6 +120,7 @@ def run(
 # The sentence of a UserError raised on a Beam worker, as the runner re-raises it: the
 # original exception's text, possibly inside a traceback and followed by Beam's context.
 _WORKER_USER_ERROR = re.compile(r"UserError: (.+?)(?: \[while running .*)?$", re.MULTILINE)
+_BEAM_CONTEXT = re.compile(r" \[while running .*$", re.DOTALL)
 
 
 def _user_error_message(error: BaseException) -> str | None:
@@ -118,8 +128,8 @@ def _user_error_message(error: BaseException) -> str | None:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, errors.UserError):
-            return str(error)
+        if isinstance(error, errors.UserError):  # Beam re-raises it with its step appended
+            return _BEAM_CONTEXT.sub("", str(error))
         match = _WORKER_USER_ERROR.search(str(error))
         if match:
             return match.group(1).strip()

@@ -226,8 +226,10 @@ class CleanImages(beam.PTransform):
 def manifest_line(row: dict) -> str:
     """One CSV line (no newline) of a manifest row, MANIFEST_COLUMNS in order (RFC 4180)."""
     text = io.StringIO()
-    csv.writer(text, lineterminator="").writerow([row[name] for name in MANIFEST_COLUMNS])
-    return text.getvalue()
+    # csv quotes a field only for the line terminator's characters: "\r\n" makes it quote a
+    # file name holding a line break, which an empty terminator would leave bare.
+    csv.writer(text, lineterminator="\r\n").writerow([row[name] for name in MANIFEST_COLUMNS])
+    return text.getvalue().removesuffix("\r\n")
 
 
 def _sort_key(row: dict) -> tuple[str, str]:
@@ -270,10 +272,12 @@ def _merge_shards(paths: list[str], output_dir: str) -> str:
             with FileSystems.create(path) as stream, io.TextIOWrapper(stream, "utf-8") as text:
                 text.write(",".join(MANIFEST_COLUMNS) + "\n")
                 text.writelines(merged)
-    FileSystems.delete(sorted(paths))
-    parts = FileSystems.join(output_dir, _MANIFEST_PARTS)
-    if artifacts.is_local(parts) and FileSystems.exists(parts):
-        FileSystems.delete([parts])
+    # Locally the folder goes whole: FileSystems.delete globs its paths, and an output folder
+    # named like "clean [run 1]" is no pattern that matches itself.
+    if artifacts.is_local(output_dir):
+        artifacts.remove(FileSystems.join(output_dir, _MANIFEST_PARTS))
+    elif paths:
+        FileSystems.delete(sorted(paths))
     return path
 
 

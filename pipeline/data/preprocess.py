@@ -10,10 +10,11 @@ OUT/manifest.csv, OUT/summary.json (written last), OUT/report.md and OUT/plots/.
 
 import dataclasses
 import logging
+import os
 
 import apache_beam as beam
 
-from pipeline import artifacts, contract
+from pipeline import artifacts, contract, errors
 from pipeline import config as config_lib
 from pipeline.data import beam_options, job, report
 
@@ -37,8 +38,14 @@ def run(config: config_lib.Config, *, output: str, beam_args: tuple[str, ...] = 
         summary.json's content: counts by status, reason, label and split, and warnings.
 
     Raises:
-        UserError: a missing input folder or one without happy/ and sad/.
+        UserError: a missing input folder or one without happy/ and sad/, or an output
+            folder that cannot be made.
     """
+    if artifacts.is_local(output):
+        try:
+            os.makedirs(artifacts.local_path(output), exist_ok=True)
+        except OSError as error:
+            raise errors.UserError(f"cannot make the output folder {output}: {error}") from None
     options = beam_options.from_args(beam_args)
     root = beam.Pipeline(runner=beam_options.local_runner(options), options=options)
     _ = root | "DataJob" >> job.DataJob(config.data, config.seed, output)

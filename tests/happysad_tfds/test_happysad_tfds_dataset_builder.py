@@ -10,11 +10,12 @@ import tensorflow_datasets as tfds
 
 import happysad_tfds
 from happysad_tfds import happysad_tfds_dataset_builder as builder_module
-from pipeline import errors
-from pipeline.data import imaging, schema, splits, synthetic_faces
+from pipeline import config, contract, errors
+from pipeline.data import job, splits, synthetic_faces
 
 DUMMY_DATA = os.path.join(os.path.dirname(builder_module.__file__), "dummy_data")
-BROKEN_DUMMY_FILES = ("happy/truncated.jpg",)  # a cut-off JPEG the cleaning step must skip
+# Files the data job must refuse: a cut-off JPEG, and a PPM (not a format the model serves).
+BROKEN_DUMMY_FILES = ("happy/truncated.jpg", "sad/scan.ppm")
 
 
 def _sha256(data: bytes) -> str:
@@ -29,7 +30,7 @@ def _count_splits(contents: list[bytes]) -> dict[str, int]:
 def _dummy_files() -> dict[str, bytes]:
     """{path relative to dummy_data: bytes} of the usable dummy images."""
     files = {}
-    for label in schema.LABELS:
+    for label in contract.LABELS:
         for name in sorted(os.listdir(os.path.join(DUMMY_DATA, label))):
             relative = f"{label}/{name}"
             if relative not in BROKEN_DUMMY_FILES:
@@ -43,7 +44,9 @@ def _tiny_synthetic(num_images: int = 16):
     for seed in range(1, 100):
         sources = [synthetic_faces.render_source_image(i, seed) for i in range(num_images)]
         if all(_count_splits([source.data for source in sources]).values()):
-            return happysad_tfds.make_config(num_images=num_images, seed=seed), sources
+            return happysad_tfds.make_config(
+                config.DataConfig(num_images=num_images), seed
+            ), sources
     raise AssertionError("no seed fills every split")
 
 
@@ -93,7 +96,7 @@ def test_examples_carry_their_content_hash_split_label_and_filename(tiny_build):
         for sha256, example in examples.items():
             source = sources[sha256]
             assert splits.assign_split(sha256) == split
-            assert example["label"] == schema.label_id(source.label)
+            assert example["label"] == contract.label_id(source.label)
             assert example["image/filename"].decode() == source.path
             assert example["image"].shape == (256, 256, 3)
     label_names = tiny_build.info.features["label"].names
@@ -108,6 +111,23 @@ def test_class_balance_per_split_is_in_the_metadata(tiny_build):
         labels = [int(example["label"]) for example in examples.values()]
         assert class_counts[split] == {"sad": labels.count(0), "happy": labels.count(1)}
     assert tiny_build.info.metadata["cleaning"] == {"accepted": len(TINY_SOURCES)}
+    data = config.from_dict(config.DataConfig, tiny_build.info.metadata["data"])
+    assert data == TINY_CONFIG.data
+    assert tiny_build.info.metadata["transform"] == config.to_dict(TINY_CONFIG.data.transform)
+
+
+def test_the_data_job_report_lies_beside_the_dataset_version(tiny_build):
+    version_dir = os.fspath(tiny_build.data_dir)
+    assert version_dir.endswith(os.path.join(TINY_CONFIG.name, "2.0.0"))
+    for name in ("manifest.csv", "summary.json", "report.md", "plots"):
+        assert os.path.exists(os.path.join(version_dir, name)), name
+    rows = job.read_manifest(version_dir)
+    assert sorted(row["path"] for row in rows) == sorted(source.path for source in TINY_SOURCES)
+    assert {row["status"] for row in rows} == {"accepted"}
+    examples = _examples_by_split(tiny_build)
+    assert {row["sha256"]: row["split"] for row in rows} == {
+        sha256: split for split, found in examples.items() for sha256 in found
+    }
 
 
 def test_tfds_load_finds_a_built_variant_by_name(tiny_build):
@@ -135,7 +155,7 @@ def test_a_rebuild_gives_the_same_examples_in_the_same_splits(tiny_build, tmp_pa
 
 def test_more_images_never_move_the_existing_ones(tiny_build, tmp_path):
     """The 16-image build is the start of a 24-image one: the same images, the same splits."""
-    grown_config = happysad_tfds.make_config(num_images=24, seed=TINY_CONFIG.seed)
+    grown_config = happysad_tfds.make_config(config.DataConfig(num_images=24), TINY_CONFIG.seed)
     grown = happysad_tfds.Builder(config=grown_config, data_dir=str(tmp_path))
     grown.download_and_prepare()
     before, after = _examples_by_split(tiny_build), _examples_by_split(grown)
@@ -145,19 +165,21 @@ def test_more_images_never_move_the_existing_ones(tiny_build, tmp_path):
 
 
 def test_config_names_say_what_differs_from_the_defaults():
+    data = config.DataConfig()
     assert happysad_tfds.make_config() is happysad_tfds.SYNTHETIC
-    assert happysad_tfds.make_config("folder") is happysad_tfds.FOLDER
-    assert happysad_tfds.make_config(num_images=64).name == "synthetic_64"
-    assert happysad_tfds.make_config(num_images=64, seed=3).name == "synthetic_64_seed3"
-    padded = imaging.CleaningOptions(resize_policy="pad", face_crop=True)
-    assert happysad_tfds.make_config("folder", cleaning=padded).name == "folder_pad_face"
-    stricter = imaging.CleaningOptions(min_side=64)
-    name = happysad_tfds.make_config("folder", cleaning=stricter).name
-    assert name.startswith("folder_") and name != "folder"
-    assert (
-        happysad_tfds.make_config("folder", cleaning=imaging.CleaningOptions(min_side=65)).name
-        != name
+    assert happysad_tfds.make_config(config.DataConfig(input="photos/")) is happysad_tfds.FOLDER
+    assert happysad_tfds.make_config(config.replace(data, num_images=64)).name == "synthetic_64"
+    assert happysad_tfds.make_config(config.replace(data, num_images=64), 3).name == (
+        "synthetic_64_seed3"
     )
+    folder = config.replace(data, input="photos/")
+    padded = config.replace(folder, **{"transform.resize_policy": "pad"})
+    assert happysad_tfds.make_config(padded, seed=3).name == "folder_pad"  # no seed in folders
+    stricter = happysad_tfds.make_config(config.replace(folder, **{"transform.min_side": 64}))
+    assert stricter.name.startswith("folder_") and stricter.name != "folder"
+    other = happysad_tfds.make_config(config.replace(folder, **{"transform.min_side": 65}))
+    assert other.name != stricter.name
+    assert stricter.data.input is None  # the folder is the manual directory, not the config
 
 
 def test_the_folder_config_is_found_by_name_but_not_built_by_default():
@@ -170,13 +192,20 @@ def test_the_folder_config_is_found_by_name_but_not_built_by_default():
 
 
 def test_json_configs_from_the_tfds_cli_are_understood():
-    config = happysad_tfds.HappysadConfig(
+    built = happysad_tfds.HappysadConfig(
         name="synthetic_8",
-        num_images=8,
-        cleaning={"resize_policy": "crop", "split_fractions": [0.5, 0.25, 0.25]},
+        data={
+            "num_images": 8,
+            "split_fractions": [0.5, 0.25, 0.25],
+            "transform": {"resize_policy": "crop"},
+        },
     )
-    assert config.cleaning.resize_policy == "crop"
-    assert config.cleaning.split_fractions == (0.5, 0.25, 0.25)
+    assert built.data == config.replace(
+        config.DataConfig(),
+        num_images=8,
+        split_fractions=(0.5, 0.25, 0.25),
+        **{"transform.resize_policy": "crop"},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,11 +223,16 @@ def _assert_nothing_loadable(data_dir):
     assert not happysad_tfds.Builder(config="folder", data_dir=str(data_dir)).is_prepared()
     with pytest.raises(Exception):  # noqa: B017 - whatever TFDS raises, it must not load
         tfds.load("happysad_tfds/folder", data_dir=str(data_dir), download=False)
-    leftovers = [name for _, _, names in os.walk(data_dir) for name in names if "tfrecord" in name]
+    leftovers = [
+        os.path.join(directory, name)
+        for directory, folders, names in os.walk(data_dir)
+        for name in folders + names
+        if any(part in name for part in ("tfrecord", "manifest", "beam-temp", "incomplete"))
+    ]
     assert leftovers == []
 
 
-def _copy_dummy(tmp_path, labels=schema.LABELS):
+def _copy_dummy(tmp_path, labels=contract.LABELS):
     root = tmp_path / "photos"
     for label in labels:
         shutil.copytree(os.path.join(DUMMY_DATA, label), root / label)

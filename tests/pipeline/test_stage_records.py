@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from pipeline import stage_records
+from pipeline import artifacts, stage_records
+from tests.support import ram_filesystem
 
 
 def _write(path, text):
@@ -32,9 +33,37 @@ def test_fingerprint_tracks_content_names_and_membership(tmp_path):
     assert file_print["files"] == 1 and len(file_print["sha256"]) == 64
 
 
+def test_fingerprint_of_a_folder_as_users_have_them(tmp_path):
+    """Brackets in the name, a non-UTF-8 file name, a linked folder, a loop, a dead link."""
+    root = str(tmp_path / "photos [1]")
+    _write(f"{root}/happy/a.jpg", "a")
+    with open(os.path.join(os.fsencode(root), b"happy", b"caf\xe9.jpg"), "wb") as handle:
+        handle.write(b"e")
+    _write(str(tmp_path / "more" / "b.jpg"), "b")
+    os.symlink(tmp_path / "more", f"{root}/happy/more")
+    os.symlink(root, str(tmp_path / "more" / "loop"))
+    os.symlink(str(tmp_path / "nowhere.jpg"), f"{root}/happy/dead.jpg")
+    first = stage_records.fingerprint(root)
+    assert first["files"] == 3
+    _write(str(tmp_path / "more" / "b.jpg"), "B")  # a linked file is content too
+    assert stage_records.fingerprint(root)["sha256"] != first["sha256"]
+
+
 def test_fingerprint_of_missing_path_raises(tmp_path):
     with pytest.raises(FileNotFoundError):
         stage_records.fingerprint(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError):
+        stage_records.fingerprint(ram_filesystem.new_base("nope"))
+
+
+def test_fingerprint_of_an_object_store_folder():
+    root = ram_filesystem.new_base("photos")
+    for name, content in (("happy/a.jpg", "a"), ("sad/b.jpg", "b")):
+        artifacts.write_text(f"{root}/{name}", content)
+    first = stage_records.fingerprint(root)
+    assert first["files"] == 2
+    artifacts.write_text(f"{root}/sad/b.jpg", "B")
+    assert stage_records.fingerprint(root)["sha256"] != first["sha256"]
 
 
 def test_runner_caches_until_inputs_or_parameters_change(tmp_path):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from apache_beam.testing import test_pipeline, util
 
-from pipeline.data import schema, synthetic_faces
+from pipeline import contract
+from pipeline.data import synthetic_faces
 
 
 def _decode(data: bytes) -> np.ndarray:
@@ -77,7 +78,7 @@ def test_no_single_colour_or_pixel_gives_the_label_away():
     images = np.stack(
         [
             synthetic_faces.render_face(
-                synthetic_faces.image_seed(3, index), schema.LABELS[index % 2], 96
+                synthetic_faces.image_seed(3, index), contract.LABELS[index % 2], 96
             )
             for index in range(count)
         ]

