@@ -50,11 +50,9 @@ STAGES = {
         "pipeline.push", "PushConfig", "Push a blessed SavedModel version to a serving base path."
     ),
     "serve": Stage(
-        "serving.server", "ServeConfig", "Serve SavedModels over TF Serving's REST API."
+        "serving.__main__", "", "Serve SavedModels like tensorflow_model_server (gRPC and REST)."
     ),
-    "predict": Stage(
-        "serving.client", "PredictConfig", "Send images to a TF Serving REST endpoint."
-    ),
+    "predict": Stage("serving.client", "", "Send images to a TF Serving REST or gRPC endpoint."),
     "run": Stage(
         "pipeline.orchestrate",
         "RunConfig",
@@ -141,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.error(f"unknown stage {argv[0]!r} (choose from {', '.join(STAGES)})")
     name, stage_argv = argv[0], argv[1:]
     stage = STAGES[name]
+    if name in ("serve", "predict"):  # serving parses its own command lines (TF Serving's flags)
+        return importlib.import_module(stage.module).main(stage_argv, prog=f"{PROG} {name}")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     _configure_logging()
