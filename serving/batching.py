@@ -257,7 +257,7 @@ class BatchScheduler:
             UNAVAILABLE when the queue is full or the server is closing.
         """
         if self._closing:
-            raise status.unavailable("The server is shutting down")
+            raise status.unavailable(status.SHUTTING_DOWN)
         if key is not None and size > self.options.max_batch_size:
             raise status.invalid_argument(
                 f"Task size {size} is larger than maximum input batch size "

@@ -243,6 +243,32 @@ class ServerOptions:
         EXTRA + "on SIGTERM or SIGINT, the longest the server takes to exit; requests still "
         "running then are cancelled",
     )
+    shutdown_drain_seconds: float = _flag(
+        5.0,
+        EXTRA + "on SIGTERM, how long /readyz answers 503 while requests are still served "
+        "(responses then close their connections) before new requests are refused; "
+        "SIGINT skips it",
+    )
+    rest_api_header_timeout_seconds: float = _flag(
+        60.0,
+        EXTRA + "longest a request's headers may take to arrive after its first byte (408)",
+    )
+    rest_api_body_timeout_seconds: float = _flag(
+        60.0, EXTRA + "longest wait between two reads of a request body (408)"
+    )
+    rest_api_keepalive_timeout_seconds: float = _flag(
+        75.0, EXTRA + "an idle connection (or one that sends nothing) is closed after it"
+    )
+    rest_api_max_connections: int = _flag(
+        0,
+        EXTRA + "most open REST connections; one more is answered 503 and closed (0: the "
+        "open-file limit, raised to its hard limit, less 512, at most 10000)",
+    )
+    allow_non_finite_inputs: bool = _flag(
+        False,
+        EXTRA + "let NaN and Infinity reach float inputs (TF Serving does; here they are a "
+        "400 by default: a NaN pixel makes a NaN probability)",
+    )
 
     def __post_init__(self):
         if self.model_base_path and "://" not in self.model_base_path:
@@ -346,6 +372,11 @@ def check(options: ServerOptions) -> list[str]:
         "max_num_load_retries": options.max_num_load_retries >= 0,
         "max_request_bytes": options.max_request_bytes >= 1,
         "shutdown_timeout_seconds": options.shutdown_timeout_seconds >= 0,
+        "shutdown_drain_seconds": options.shutdown_drain_seconds >= 0,
+        "rest_api_header_timeout_seconds": options.rest_api_header_timeout_seconds > 0,
+        "rest_api_body_timeout_seconds": options.rest_api_body_timeout_seconds > 0,
+        "rest_api_keepalive_timeout_seconds": options.rest_api_keepalive_timeout_seconds > 0,
+        "rest_api_max_connections": options.rest_api_max_connections >= 0,
     }
     for name, valid in ranges.items():
         if not valid:

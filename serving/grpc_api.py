@@ -30,7 +30,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from serving import errors, prediction_service, servable, status, tensor_proto
+from serving import errors, logs, prediction_service, servable, status, tensor_proto
 
 logger = logging.getLogger(__name__)
 
@@ -81,35 +81,43 @@ def _fill_model_spec(target, name: str, signature_name: str | None, version: int
     target.version.value = version
 
 
-class _Handlers:
-    """Turns a handler's outcome into TF Serving's gRPC status and its metrics."""
+class Servicers:
+    """What the gRPC servicers share: the service, the requests in flight, and how a
+    handler's outcome becomes TF Serving's gRPC status, its metrics and an access line."""
 
     def __init__(self, service: prediction_service.PredictionService):
         self.service = service
+        self.in_flight = 0
+        self.access = logs.access_logger()
 
     async def run(self, context, api: str, model_name: str, body: Callable) -> Any:
         started = time.perf_counter()
+        self.in_flight += 1
         try:
             response = await body()
-            outcome = status.Code.OK
+            outcome, details = status.Code.OK, None
         except status.ServingError as error:
-            outcome = error.code
-            self._record(api, model_name, outcome, started)
-            await context.abort(_GRPC_CODES[int(error.code)], error.message)
+            outcome, details = error.code, error.message
         except Exception as error:  # a bug: logged with its traceback, reported without it
             logger.exception("Internal error serving gRPC %s", api)
             outcome = status.Code.INTERNAL
-            self._record(api, model_name, outcome, started)
-            await context.abort(
-                grpc.StatusCode.INTERNAL,
-                status.bounded(f"Internal error: {type(error).__name__}: {error}"),
-            )
-        self._record(api, model_name, outcome, started)
-        return response
-
-    def _record(self, api: str, model_name: str, outcome, started: float) -> None:
+            details = status.bounded(f"Internal error: {type(error).__name__}: {error}")
+        finally:
+            self.in_flight -= 1
+        seconds = time.perf_counter() - started
         if api in ("Predict", "Classify", "Regress"):
-            self.service.record(model_name, api, "GRPC", outcome, time.perf_counter() - started)
+            self.service.record(model_name, api, "GRPC", outcome, seconds)
+        self.access.info(
+            '%s "gRPC %s %s" %s %.1f ms',
+            context.peer(),
+            api,
+            status.bounded(model_name)[:200],
+            status.Code(outcome).name,
+            seconds * 1000,
+        )
+        if details is not None:
+            await context.abort(_GRPC_CODES[int(outcome)], details)
+        return response
 
 
 def _deadline(context) -> float | None:
@@ -128,10 +136,10 @@ async def _off_loop_if_large(request, function: Callable, *arguments) -> Any:
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """tensorflow.serving.PredictionService over a PredictionService."""
 
-    def __init__(self, service: prediction_service.PredictionService, tensor_content: bool):
-        self.service = service
+    def __init__(self, servicers: Servicers, tensor_content: bool):
+        self.service = servicers.service
         self.tensor_content = tensor_content
-        self.handlers = _Handlers(service)
+        self.handlers = servicers
 
     async def Predict(self, request: predict_pb2.PredictRequest, context):
         async def body():
@@ -254,9 +262,9 @@ def _fill_classifications(result, count: int, labels, scores) -> None:
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """tensorflow.serving.ModelService: status, and config reloads (ServerCore::ReloadConfig)."""
 
-    def __init__(self, service: prediction_service.PredictionService):
-        self.service = service
-        self.handlers = _Handlers(service)
+    def __init__(self, servicers: Servicers):
+        self.service = servicers.service
+        self.handlers = servicers
 
     async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context):
         async def body():
@@ -330,10 +338,11 @@ async def start_server(
     max_request_bytes: int,
     tensor_content: bool,
     health_check: bool,
-) -> tuple[grpc.aio.Server, list[int]]:
+) -> tuple[grpc.aio.Server, Servicers, list[int]]:
     """Starts the gRPC server on `addresses` ("host:port" or "unix:path").
 
-    Returns the server and the port bound for each address (0 for a Unix socket).
+    Returns the server, its servicers' shared state and the port bound for each address
+    (0 for a Unix socket).
 
     Raises:
       errors.UserError: an address that cannot be bound.
@@ -344,10 +353,11 @@ async def start_server(
         *channel_arguments,
     ]
     server = grpc.aio.server(options=options)
+    servicers = Servicers(service)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(service, tensor_content), server
+        PredictionServicer(servicers, tensor_content), server
     )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(servicers), server)
     if health_check:
         server.add_generic_rpc_handlers((_health_check_handler(),))
     ports = []
@@ -357,4 +367,4 @@ async def start_server(
         except RuntimeError as error:
             raise errors.UserError(f"cannot listen for gRPC on {address}: {error}") from None
     await server.start()
-    return server, ports
+    return server, servicers, ports

@@ -12,6 +12,12 @@ endpoints TF Serving lacks: `/readyz` (200 only while every model has an AVAILAB
 and the server is not shutting down: for load balancers and Kubernetes readiness probes) and
 `/healthz` (200 while the process serves HTTP). Every failure is `{"error": "..."}` with the
 HTTP status TF Serving maps its error code to; no stack trace ever reaches a client.
+
+Bodies are bounded: `--max_request_bytes` (413, at once for `Expect: 100-continue`), a
+timeout between reads (408), chunked or plain framing only (any other Transfer-Encoding is
+501). Shutting down, the API first drains (`/readyz` 503, every response closes its
+connection) and then stops (new requests 503) while the requests in flight finish. Each
+request is one rate-limited line of the `serving.access` log.
 """
 
 import asyncio
@@ -26,8 +32,8 @@ import orjson
 from aiohttp import web
 from google.protobuf import json_format
 
+from serving import batching, logs, prediction_service, status, tensor_json
 from serving import metrics as metrics_lib
-from serving import prediction_service, status, tensor_json
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,8 @@ CORS_HEADERS = {
 _ORIGIN = re.compile(r"https?://")
 # Bodies above this are parsed off the event loop, so a huge request cannot stall the others.
 INLINE_PARSE_BYTES = 256 * 1024
+# After a body this large, freed heap memory is handed back to the system.
+LARGE_BODY_BYTES = 8 * 1024 * 1024
 
 
 @dataclasses.dataclass
@@ -69,6 +77,7 @@ class RestApi:
       service: the shared request logic.
       max_request_bytes: largest body (413 above).
       timeout_seconds: each call's deadline (--rest_api_timeout_in_ms; 0: none).
+      body_timeout_seconds: longest wait between two reads of a body (408 past it).
       cors: --rest_api_enable_cors_support.
       metrics_path: where Prometheus metrics are served, or None.
     """
@@ -79,27 +88,58 @@ class RestApi:
         *,
         max_request_bytes: int,
         timeout_seconds: float,
+        body_timeout_seconds: float = 60.0,
         cors: bool = False,
         metrics_path: str | None = None,
     ):
         self.service = service
         self.max_request_bytes = max_request_bytes
         self.timeout_seconds = timeout_seconds
+        self.body_timeout_seconds = body_timeout_seconds
         self.cors = cors
         self.metrics_path = metrics_path
-        self.draining = False
+        self.draining = False  # not ready; responses close their connections
+        self.stopping = False  # new requests are refused
+        self.in_flight = 0
+        self.access = logs.access_logger()
 
-    def add_routes(self, app: web.Application) -> None:
-        if self.metrics_path:
-            app.router.add_get(self.metrics_path, self.handle_metrics)
-        app.router.add_route("*", "/{v1:[vV]1}/{tail:.*}", self.handle_api)  # (?i)/v1/.*
-        app.router.add_get(READY_PATH, self.handle_ready)
-        app.router.add_get(HEALTH_PATH, self.handle_health)
-        app.router.add_route("*", "/{tail:.*}", self.handle_unknown)
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Every HTTP request: routed, answered, its connection closed when shutting down."""
+        started = time.perf_counter()
+        self.in_flight += 1
+        try:
+            response = await self._route(request)
+        finally:
+            self.in_flight -= 1
+        if self.draining or self.stopping or not request.content.is_eof():
+            response.force_close()  # the client must not reuse (or finish sending on) it
+        self.access.info(
+            '%s "%s %s" %d %.1f ms',
+            request.remote,
+            request.method,
+            status.bounded(request.path)[:200],
+            response.status,
+            (time.perf_counter() - started) * 1000,
+        )
+        return response
+
+    async def _route(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = request.path
+        if self.stopping:
+            return self.error_response(status.unavailable(status.SHUTTING_DOWN))
+        if path == self.metrics_path and request.method == "GET":
+            return await self.handle_metrics(request)
+        if path[:4].lower() == "/v1/":  # TF Serving's (?i)/v1/.*
+            return await self.handle_api(request)
+        if path == READY_PATH and request.method == "GET":
+            return await self.handle_ready(request)
+        if path == HEALTH_PATH and request.method == "GET":
+            return await self.handle_health(request)
+        return await self.handle_unknown(request)
 
     # -- TF Serving's API ----------------------------------------------------------------
 
-    async def handle_api(self, request: web.Request) -> web.Response:
+    async def handle_api(self, request: web.BaseRequest) -> web.Response:
         started = time.perf_counter()
         call = _Call()
         try:
@@ -123,12 +163,12 @@ class RestApi:
         return response
 
     @staticmethod
-    def _preflight(request: web.Request) -> bytes:
+    def _preflight(request: web.BaseRequest) -> bytes:
         if _ORIGIN.match(request.headers.get("Origin", "")):
             return b""
         raise status.failed_precondition("Origin header is missing in CORS preflight")
 
-    async def _answer(self, request: web.Request, call: _Call) -> bytes:
+    async def _answer(self, request: web.BaseRequest, call: _Call) -> bytes:
         """The JSON answer of one API call (TF Serving's dispatch: method, then path)."""
         path = request.rel_url.raw_path
         if request.method == "POST":
@@ -162,18 +202,37 @@ class RestApi:
             )
         raise _malformed(request)
 
-    async def read_body(self, request: web.Request) -> bytes:
-        """The whole body, refused with 413 past max_request_bytes."""
+    async def read_body(self, request: web.BaseRequest) -> bytes:
+        """The whole body: 413 past max_request_bytes (before `100 Continue` is sent), 408
+        when the client stops sending, 501 for a Transfer-Encoding other than chunked."""
+        encoding = request.headers.get("Transfer-Encoding")
+        if encoding is not None and encoding.strip().lower() != "chunked":
+            raise status.unimplemented(
+                f"Transfer-Encoding {encoding!r} is not supported; send the body plain or chunked"
+            )
         length = request.content_length
         if length is not None and length > self.max_request_bytes:
             raise too_large(length, self.max_request_bytes)
+        if request.headers.get("Expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         chunks, total = [], 0
         try:
-            async for chunk in request.content.iter_any():
+            while True:
+                async with asyncio.timeout(self.body_timeout_seconds):
+                    chunk = await request.content.readany()
+                if not chunk:
+                    break
                 total += len(chunk)
                 if total > self.max_request_bytes:
                     raise too_large(None, self.max_request_bytes)
                 chunks.append(chunk)
+        except TimeoutError:
+            raise status.ServingError(
+                status.Code.DEADLINE_EXCEEDED,
+                f"The request body stopped arriving for {self.body_timeout_seconds:g} s "
+                "(--rest_api_body_timeout_seconds)",
+                http_status=408,
+            ) from None
         except (ConnectionError, asyncio.IncompleteReadError) as error:
             raise status.invalid_argument(f"Could not read the request body: {error}") from None
         return b"".join(chunks)
@@ -193,6 +252,8 @@ class RestApi:
         else:
             parsed = _parse(api, self.service, spec, body)
         servable, signature_name, payload, request_format = parsed
+        if len(body) > LARGE_BODY_BYTES:  # the parsed document is gone: hand its heap back
+            asyncio.get_running_loop().run_in_executor(None, batching.release_free_memory)
         service = self.service
         if api == "predict":
             outputs = await service.predict(servable, signature_name, payload, (), deadline)
@@ -219,16 +280,16 @@ class RestApi:
 
     # -- operations endpoints ------------------------------------------------------------
 
-    async def handle_metrics(self, request: web.Request) -> web.Response:
+    async def handle_metrics(self, request: web.BaseRequest) -> web.Response:
         return web.Response(
             body=self.service.metrics.render().encode("utf-8"),
             headers={"Content-Type": metrics_lib.CONTENT_TYPE},
         )
 
-    async def handle_ready(self, request: web.Request) -> web.Response:
+    async def handle_ready(self, request: web.BaseRequest) -> web.Response:
         available = self.service.core.available()
         missing = sorted(name for name, versions in available.items() if not versions)
-        ready = bool(available) and not missing and not self.draining
+        ready = bool(available) and not missing and not self.draining and not self.stopping
         body: dict[str, Any] = {
             "ready": ready,
             "models": {
@@ -236,16 +297,16 @@ class RestApi:
                 for name, versions in sorted(available.items())
             },
         }
-        if self.draining:
+        if self.draining or self.stopping:
             body["reason"] = "shutting down"
         elif missing:
             body["reason"] = f"no version AVAILABLE for {', '.join(missing)}"
         return self.json_response(orjson.dumps(body), 200 if ready else 503)
 
-    async def handle_health(self, request: web.Request) -> web.Response:
+    async def handle_health(self, request: web.BaseRequest) -> web.Response:
         return self.json_response(b'{"status": "ok"}')
 
-    async def handle_unknown(self, request: web.Request) -> web.Response:
+    async def handle_unknown(self, request: web.BaseRequest) -> web.Response:
         message = status.bounded(f"Not found: {request.method} {request.path}")
         return self.json_response(tensor_json.error_body(message), 404)
 
@@ -303,7 +364,7 @@ def _version(version_text: str | None) -> int | None:
     return version
 
 
-def _malformed(request: web.Request) -> status.ServingError:
+def _malformed(request: web.BaseRequest) -> status.ServingError:
     return status.invalid_argument(f"Malformed request: {request.method} {request.path}")
 
 

@@ -148,7 +148,7 @@ class Servable:
             deadline is DEADLINE_EXCEEDED, a closed session UNAVAILABLE).
         """
         if self._closed:
-            raise status.unavailable("The servable is unloaded or the server is shutting down")
+            raise status.unavailable(status.SHUTTING_DOWN)
         options = None
         if timeout_seconds is not None:
             milliseconds = max(1, int(timeout_seconds * 1000))
@@ -158,6 +158,8 @@ class Servable:
         try:
             return self._session.run(fetch_list, feed_dict=feed_dict, options=options)
         except Exception as error:  # the model's own errors, mapped to their canonical code
+            if self._closed:  # cancelled by close(): the server is shutting down
+                raise status.unavailable(status.SHUTTING_DOWN) from None
             raise status.from_exception(error) from None
 
     def signature(self, signature_name: str) -> meta_graph_pb2.SignatureDef:

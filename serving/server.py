@@ -27,7 +27,6 @@ import sys
 import threading
 
 import tensorflow as tf
-from aiohttp import web
 from google.protobuf import text_format
 from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.config import model_server_config_pb2
@@ -38,6 +37,8 @@ from serving import (
     errors,
     flags,
     grpc_api,
+    http_server,
+    logs,
     prediction_service,
     rest_api,
     servable,
@@ -216,7 +217,7 @@ class Server:
             batching_enabled=config.batching is not None,
             allowed_batch_sizes=batching_options.allowed_batch_sizes,
             thread_pool_name=batching_options.thread_pool_name,
-            allow_non_finite_inputs=True,
+            allow_non_finite_inputs=options.allow_non_finite_inputs,
         )
         self.scheduler = batching.BatchScheduler(
             self.executor,
@@ -229,12 +230,24 @@ class Server:
             self.service,
             max_request_bytes=options.max_request_bytes,
             timeout_seconds=options.rest_api_timeout_in_ms / 1000,
+            body_timeout_seconds=options.rest_api_body_timeout_seconds,
             cors=options.rest_api_enable_cors_support,
             metrics_path=config.metrics_path,
         )
+        self.http = http_server.HttpServer(
+            self.rest.handle,
+            http_server.HttpLimits(
+                header_timeout=options.rest_api_header_timeout_seconds,
+                body_timeout=options.rest_api_body_timeout_seconds,
+                keepalive_timeout=options.rest_api_keepalive_timeout_seconds,
+                max_connections=(
+                    options.rest_api_max_connections or http_server.default_max_connections()
+                ),
+            ),
+        )
         self.grpc_server = None
+        self.grpc_servicers: grpc_api.Servicers | None = None
         self.grpc_port: int | None = None
-        self.rest_runner: web.AppRunner | None = None
         self.rest_port: int | None = None
         self._config_poller: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -292,7 +305,7 @@ class Server:
             addresses.append(f"{options.grpc_host}:{port}")
         if options.grpc_socket_path:
             addresses.append(f"unix:{options.grpc_socket_path}")
-        self.grpc_server, ports = await grpc_api.start_server(
+        self.grpc_server, self.grpc_servicers, ports = await grpc_api.start_server(
             self.service,
             addresses=addresses,
             channel_arguments=self.config.channel_arguments,
@@ -312,24 +325,14 @@ class Server:
             return
         if options.rest_api_port != ANY_PORT and options.rest_api_port == options.port:
             return  # TF Serving skips the REST API then (flags.check warned)
-        app = web.Application(client_max_size=options.max_request_bytes)
-        self.rest.add_routes(app)
-        self.rest_runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=options.shutdown_timeout_seconds
-        )
-        await self.rest_runner.setup()
         port = 0 if options.rest_api_port == ANY_PORT else options.rest_api_port
-        site = web.TCPSite(self.rest_runner, options.rest_api_host, port)
         try:
-            await site.start()
+            self.rest_port = await self.http.start(options.rest_api_host, port)
         except OSError as error:
-            await self.rest_runner.cleanup()
-            self.rest_runner = None
             raise errors.UserError(
                 f"cannot listen on {options.rest_api_host}:{options.rest_api_port}: "
                 f"{error.strerror or error}"
             ) from None
-        self.rest_port = self.rest_runner.addresses[0][1]  # the one picked, for port -1
         logger.info("Exporting HTTP/REST API at:%s ...", self.rest_url)
 
     def _poll_model_config(self) -> None:
@@ -348,31 +351,62 @@ class Server:
                     "PollFilesystemAndReloadConfig failed to ReloadConfig: %s", error.message
                 )
 
-    async def stop(self) -> None:
-        """Not-ready, stop accepting, finish what is in flight, exit within the timeout."""
-        logger.info("Shutting down: finishing requests in flight")
-        timeout = self.config.options.shutdown_timeout_seconds
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered, REST and gRPC."""
+        return self.rest.in_flight + self.grpc_in_flight()
+
+    def grpc_in_flight(self) -> int:
+        return self.grpc_servicers.in_flight if self.grpc_servicers is not None else 0
+
+    async def stop(self, drain: bool = False) -> None:
+        """Shuts down within --shutdown_timeout_seconds of the call.
+
+        1. With `drain` (SIGTERM): `/readyz` answers 503 for --shutdown_drain_seconds while
+           requests are still served, each response closing its connection.
+        2. The REST listener closes (new connections are refused), requests on open
+           connections are answered 503, and gRPC stops taking calls; queued batches run
+           now; requests in flight finish.
+        3. At the deadline, queued work is refused and the sessions are closed, which
+           cancels the runs still going; their requests are answered 503; then exit.
+        """
+        options = self.config.options
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + options.shutdown_timeout_seconds
         self.rest.draining = True
-        self._stopping.set()
-        stops = [self.scheduler.drain()]
-        if self.rest_runner is not None:
-            stops.append(self.rest_runner.cleanup())
-        if self.grpc_server is not None:
-            stops.append(self.grpc_server.stop(grace=timeout))
-        try:
-            await asyncio.wait_for(asyncio.gather(*stops), timeout=timeout)
-        except TimeoutError:
-            cancelled = self.scheduler.cancel_waiting(
-                status.unavailable("The server is shutting down")
+        if drain and options.shutdown_drain_seconds > 0:
+            logger.info(
+                "Draining for %g s: not ready, still serving", options.shutdown_drain_seconds
             )
+            await asyncio.sleep(min(options.shutdown_drain_seconds, deadline - loop.time()))
+        logger.info("Shutting down: finishing requests in flight")
+        self.rest.stopping = True
+        self.http.stop_accepting()  # new connections are refused; open ones get 503s
+        self._stopping.set()
+        grpc_stop = None
+        if self.grpc_server is not None:
+            grpc_stop = asyncio.ensure_future(
+                self.grpc_server.stop(grace=max(deadline - loop.time(), 0))
+            )
+        drained = asyncio.ensure_future(self.scheduler.drain())
+        margin = min(1.0, options.shutdown_timeout_seconds / 4)
+        while (self.in_flight or not drained.done()) and loop.time() < deadline - margin:
+            await asyncio.sleep(0.02)
+        if self.in_flight or not drained.done():
+            cancelled = self.scheduler.cancel_waiting(status.unavailable(status.SHUTTING_DOWN))
             logger.warning(
-                "Shutdown timeout (%g s) reached: cancelling %d queued requests and the runs "
-                "in progress",
-                timeout,
+                "Shutdown timeout (%g s): cancelling %d queued requests and the runs in progress",
+                options.shutdown_timeout_seconds,
                 cancelled,
             )
             for loaded in self.core.servables():
                 loaded.close()
+            while self.in_flight and loop.time() < deadline:
+                await asyncio.sleep(0.02)
+        await self.http.shutdown(max(deadline - loop.time(), 0.0))
+        if grpc_stop is not None:
+            await asyncio.wait({grpc_stop}, timeout=max(deadline - loop.time(), 0.01))
+        drained.cancel()
         self.core.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -387,9 +421,12 @@ class Server:
 
 async def _serve(server: Server) -> None:
     stop = asyncio.Event()
+    received: list[int] = []
     loop = asyncio.get_running_loop()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signal_number, stop.set)
+        loop.add_signal_handler(
+            signal_number, lambda number=signal_number: (received.append(number), stop.set())
+        )
     try:
         startup = asyncio.ensure_future(server.start())
         stopper = asyncio.ensure_future(stop.wait())
@@ -402,7 +439,8 @@ async def _serve(server: Server) -> None:
     finally:
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signal_number)
-        await server.stop()
+        # SIGTERM (an orchestrator) drains first; SIGINT (Ctrl-C) does not.
+        await server.stop(drain=signal.SIGTERM in received)
 
 
 def _configure_logging() -> None:
@@ -414,16 +452,28 @@ def _configure_logging() -> None:
     )
     for name in OWN_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
+    logs.limit_root_handlers()
 
 
 def run(options: flags.ServerOptions, prog: str = flags.PROG) -> int:
-    """Serves until SIGTERM or SIGINT; returns the exit status (see serving.__main__)."""
+    """Serves until SIGTERM or SIGINT, then ends the process (status 0); returns the exit
+    status when the server could not start (see serving.__main__).
+
+    After a shutdown the process exits at once (os._exit): the server has closed all it
+    owns, and TensorFlow's and gRPC's teardown at interpreter exit would take seconds more,
+    past --shutdown_timeout_seconds.
+    """
     _configure_logging()
     try:
         for warning in flags.check(options):
             logger.warning("%s", warning)
         server = Server(read_config(options))
         asyncio.run(_serve(server))
+        logger.info("Stopped")
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     except errors.UserError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

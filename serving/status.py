@@ -48,6 +48,8 @@ HTTP_STATUS = {
 }
 
 
+# What requests refused or cancelled by a shutdown are told (UNAVAILABLE, HTTP 503).
+SHUTTING_DOWN = "The server is shutting down"
 # TF Serving cuts error messages here (model_servers/grpc_status_util.cc, kErrorMessageLimit).
 MAX_MESSAGE_CHARS = 1024
 TRUNCATED_SUFFIX = "...TRUNCATED"

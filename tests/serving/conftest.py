@@ -4,8 +4,8 @@
   images (DT_STRING [-1]) and `predict_images` float pixels, both answering
   `happy_probability`, `label` and `class_id`; the "probability" is the mean brightness.
   It also carries `multi_io` (three inputs of three dtypes, four outputs, one of them
-  `_bytes`, and a `marker` telling exports apart) and `scalar_stats` (an output without a
-  batch dimension).
+  `_bytes`, and a `marker` telling exports apart), `scalar_stats` (an output without a
+  batch dimension) and `spin` (a run as long as asked, for deadlines and shutdown).
 - `tf1_model`: half-plus-three, TF1 style (SavedModelBuilder), with
   `tensorflow/serving/classify` and `tensorflow/serving/regress` signatures.
 - `tf2_model`: half-plus-two as TF2 `tf.function`s: `serving_default` x [-1, 1] → y, and
@@ -89,6 +89,20 @@ class _ImageModel(tf.Module):
     def scalar_stats(self, x):
         return {"mean": tf.reduce_mean(x), "count": tf.size(x)}
 
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="iterations")])
+    def spin(self, iterations):
+        """A run as long as asked: iterations[0] rounds of a 64x64 matmul."""
+
+        def body(step, matrix):
+            return step + 1, tf.matmul(matrix, matrix) / 64.0
+
+        _, matrix = tf.while_loop(
+            lambda step, _: step < iterations[0],
+            body,
+            (tf.constant(0, tf.int64), tf.eye(64)),
+        )
+        return {"total": tf.fill(tf.shape(iterations), tf.reduce_sum(matrix))}
+
 
 def export_image_model(path: str, marker: int = 1, warmup: bool = False) -> str:
     module = _ImageModel(marker)
@@ -97,6 +111,7 @@ def export_image_model(path: str, marker: int = 1, warmup: bool = False) -> str:
         "predict_images": module.serve_images,
         "multi_io": module.multi_io,
         "scalar_stats": module.scalar_stats,
+        "spin": module.spin,
     }
     tf.saved_model.save(module, path, signatures=signatures)
     if warmup:

@@ -31,10 +31,12 @@ class Recorder:
 
     def __init__(self, gate: threading.Event | None = None):
         self.batches: list[list] = []
+        self.started: list[list] = []
         self.timeouts: list = []
         self.gate = gate
 
     def __call__(self, payloads, timeout):
+        self.started.append(list(payloads))
         self.timeouts.append(timeout)
         if self.gate is not None:
             self.gate.wait(10)
@@ -236,14 +238,14 @@ def test_heavy_batches_leave_a_thread_for_light_ones(executor):
         await asyncio.sleep(0.05)
         light = asyncio.ensure_future(batcher.submit(None, 1, 3, recorder))
         await asyncio.sleep(0.05)
-        running = batcher.running_batches
+        running = list(recorder.started)
         gate.set()
         await asyncio.gather(first, second, light)
-        return running, recorder.batches
+        return running, recorder.started
 
-    running, batches = asyncio.run(main())
-    assert running == 2
-    assert batches[-1] == [2]  # the second heavy batch ran last
+    running, started = asyncio.run(main())
+    assert running == [[1], [3]]  # the second heavy batch waited, the light one did not
+    assert started == [[1], [3], [2]]
 
 
 def test_cancelled_task_is_withdrawn_before_its_batch_runs(executor):

@@ -616,6 +616,7 @@ def test_sigterm_lets_the_request_in_flight_finish(tmp_path, exported_models):
         f"--grpc_socket_path={tmp_path}/grpc.sock",
         "--enable_batching",
         f"--batching_parameters_file={batching}",
+        "--shutdown_drain_seconds=0",
     )
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
