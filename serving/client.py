@@ -500,7 +500,9 @@ def model_status_grpc(
 class PredictOptions:
     """`happysad predict IMAGE...`: one JSON line per image (file, label, probability)."""
 
-    images: list[str] = simple_parsing.field(positional=True, help="image files to classify")
+    images: list[str] = simple_parsing.field(
+        positional=True, metavar="IMAGE", help="image files to classify"
+    )
     server: str = simple_parsing.field(
         default="",
         help=f"REST URL (default {DEFAULT_URL}) or, with --grpc, gRPC host:port or unix:path "

@@ -23,7 +23,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import http_exceptions, web, web_protocol
 
-from serving import logs, status, tensor_json
+from serving import logs, tensor_json
+from serving import status as serving_status
 
 logger = logging.getLogger(__name__)
 logger.addFilter(logs.RateLimitFilter())  # refusals and timeouts come in floods
@@ -41,7 +42,7 @@ JSON_CONTENT_TYPE = "application/json"
 
 def raw_json_response(http_status: int, reason: str, message: str, extra: str = "") -> bytes:
     """A complete HTTP/1.1 response that closes the connection, for use outside a request."""
-    body = tensor_json.error_body(status.bounded(message))
+    body = tensor_json.error_body(serving_status.bounded(message))
     head = (
         f"HTTP/1.1 {http_status} {reason}\r\nContent-Type: {JSON_CONTENT_TYPE}\r\n"
         f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
@@ -208,15 +209,11 @@ class ConnectionHandler(web_protocol.RequestHandler):
             logger.warning("Rejected a request: %d %s", http_status, text)
         response = web.Response(
             status=http_status,
-            body=tensor_json.error_body(status_text(text)),
+            body=tensor_json.error_body(serving_status.bounded(text)),
             content_type=JSON_CONTENT_TYPE,
         )
         response.force_close()
         return response
-
-
-def status_text(message: str) -> str:
-    return status.bounded(message)
 
 
 def parser_error(exc: BaseException | None, message: str | None) -> tuple[int, str]:

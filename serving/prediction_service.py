@@ -40,7 +40,8 @@ class PredictionService:
 
     Args:
       core: the models and their versions.
-      scheduler: the batch scheduler (batching on) or the plain request queue (off).
+      scheduler: the batch scheduler (batching on) or the plain request queue (off); may be
+        set after construction (the scheduler reports its batches to `on_batch`).
       metrics: where request, runtime and batching metrics go.
       batching: whether requests of one signature share batches.
       allowed_batch_sizes, thread_pool_name: BatchingParameters that shape batches and
@@ -51,7 +52,7 @@ class PredictionService:
     def __init__(
         self,
         core: server_core.ServerCore,
-        scheduler: batching.BatchScheduler,
+        scheduler: batching.BatchScheduler | None,
         metrics: metrics_lib.ServerMetrics,
         *,
         batching_enabled: bool,
