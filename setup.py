@@ -1,4 +1,4 @@
-"""Installs happysad: the TFDS builder, the Beam/Keras pipeline and the REST server."""
+"""Installs happysad: the TFDS builder, the Beam/Keras pipeline and the model server."""
 
 import setuptools
 
@@ -24,11 +24,12 @@ INSTALL_REQUIRES = [
     "pandas>=2.2",
     "matplotlib>=3.9",
     "tqdm>=4.66",
-    # PredictionLog protos for TF Serving's warm-up files.
+    # TF Serving's protos and gRPC services (warm-up files, configs, the gRPC API).
     "tensorflow-serving-api>=2.21,<2.22",
+    "grpcio>=1.60",
     "aiohttp>=3.10,<4",
     "orjson>=3.10",
-    # The command line, generated from the configuration dataclasses (what TFDS's CLI uses).
+    # The command lines, generated from the configuration dataclasses (what TFDS's CLI uses).
     "simple-parsing>=0.1.6",
 ]
 
@@ -53,7 +54,7 @@ setuptools.setup(
     name="happysad",
     version="0.1.0",
     description="Happy/sad face classifier pipeline: TFDS dataset, Beam preprocessing, "
-    "Keras training, TF-Serving-compatible SavedModel and REST server.",
+    "Keras training, TF-Serving-compatible SavedModel and model server (gRPC and REST).",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",

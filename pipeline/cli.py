@@ -91,7 +91,7 @@ STAGES = {
         takes_config=False,
     ),
     "serve": Stage(
-        "serving.server",
+        "serving.__main__",
         "Serve SavedModels like tensorflow_model_server (REST and gRPC).",
         entry="main",
         takes_config=False,
@@ -237,14 +237,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         top.error(f"unknown stage {argv[0]!r} (choose from {', '.join(STAGES)})")
     name, stage_argv = argv[0], argv[1:]
     stage = STAGES[name]
+    if name in _FOREIGN:  # serving parses its own command lines (TF Serving's flags)
+        module = importlib.import_module(stage.module)
+        return getattr(module, stage.entry)(stage_argv, prog=f"{PROG} {name}")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
     configure_logging()
     module = importlib.import_module(stage.module)
-    if name in _FOREIGN:
-        if hasattr(module, stage.entry):
-            return getattr(module, stage.entry)(stage_argv, prog=f"{PROG} {name}")
-        return _legacy_serving(name, module, stage_argv)
     debug = "--debug" in stage_argv
     try:
         base = _base_config(stage_argv, stage)
@@ -270,25 +269,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG} {name}: interrupted", file=sys.stderr)
         return 130
-    return result if isinstance(result, int) else 0
-
-
-def _legacy_serving(name: str, module, stage_argv: list[str]) -> int:
-    """serve/predict through the old dataclass flags (until serving has its own main)."""
-    from pipeline import flags
-
-    config_class = getattr(module, {"serve": "ServeConfig", "predict": "PredictConfig"}[name])
-    parser = argparse.ArgumentParser(prog=f"{PROG} {name}")
-    parser.add_argument("--debug", action="store_true")
-    flags.add_config_arguments(parser, config_class)
-    namespace = parser.parse_args(flags.normalize_bool_values(config_class, stage_argv))
-    try:
-        result = module.run(flags.config_from_args(config_class, namespace))
-    except USER_ERRORS as error:
-        if namespace.debug:
-            raise
-        print(f"{PROG} {name}: error: {error}", file=sys.stderr)
-        return 2
     return result if isinstance(result, int) else 0
 
 

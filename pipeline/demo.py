@@ -85,6 +85,7 @@ def main(argv=None) -> int:
     url = f"http://127.0.0.1:{args.port}"
     serve = _happysad(
         "serve",
+        "--port=-1",  # gRPC on any free port: the demo's client speaks REST
         f"--model_name={args.model_name}",
         f"--model_base_path={os.path.abspath(base)}",
         f"--rest_api_port={args.port}",

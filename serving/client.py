@@ -1,13 +1,16 @@
-"""A client for TF Serving's REST API (`happysad predict`), for this server and the real one.
+"""A client for TF Serving's REST and gRPC APIs (`happysad predict`), for this server and the real one.
 
-It uses only the documented API: `GET /v1/models/{model}[/versions/{v}]` for status,
+REST uses only the documented API: `GET /v1/models/{model}[/versions/{v}]` for status,
 `.../metadata`, and `POST ...:predict` with `{"b64": ...}` image bytes in the row format.
-Answers of 503 (and 429) are retried with exponential backoff; every call has a timeout.
+gRPC uses tensorflow-serving-api's PredictionServiceStub (Predict, GetModelMetadata) and
+ModelServiceStub (GetModelStatus). Overload answers (REST 503/429, gRPC UNAVAILABLE and
+RESOURCE_EXHAUSTED) are retried with exponential backoff; every call has a timeout.
 
     from serving import client
     client.wait_until_ready("http://localhost:8501", "happysad", timeout=60)
     for prediction in client.predict(["smile.jpg"], url="http://localhost:8501", model="happysad"):
         print(prediction.label, prediction.probability)
+    client.predict_grpc(["smile.jpg"], target="localhost:8500", model="happysad")
 
 `build_predict_request` and `parse_predict_response` are pure, for use with any HTTP stack.
 """
@@ -26,10 +29,12 @@ from typing import Any
 
 import aiohttp
 import orjson
+import simple_parsing
 
-from pipeline import errors
+from serving import errors
 
 DEFAULT_URL = "http://localhost:8501"
+DEFAULT_GRPC_TARGET = "localhost:8500"
 DEFAULT_MODEL = "happysad"
 DEFAULT_SIGNATURE = "serving_default"
 HAPPY_LABEL = "happy"
@@ -43,11 +48,12 @@ logger = logging.getLogger(__name__)
 
 
 class ServerError(errors.UserError):
-    """The server answered with an error (its HTTP status and `error` message kept)."""
+    """The server answered with an error (its HTTP status or gRPC code, and message, kept)."""
 
-    def __init__(self, message: str, http_status: int | None = None):
+    def __init__(self, message: str, http_status: int | None = None, grpc_code=None):
         super().__init__(message)
         self.http_status = http_status
+        self.grpc_code = grpc_code
 
 
 @dataclasses.dataclass(frozen=True)
@@ -346,70 +352,236 @@ def wait_until_ready(
 
 
 # ---------------------------------------------------------------------------------------------
+# gRPC (tensorflow-serving-api's stubs)
+
+GRPC_RETRY_CODES = ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+
+
+def _grpc_call(method, request, timeout: float, retries: int, target: str):
+    """One gRPC call; UNAVAILABLE and RESOURCE_EXHAUSTED are retried with backoff."""
+    import grpc
+
+    for attempt in range(retries + 1):
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as error:
+            code = error.code()
+            if code.name in GRPC_RETRY_CODES and attempt < retries:
+                delay = _backoff(attempt, None)
+                logger.info("%s answered %s; retrying in %.2f s", target, code.name, delay)
+                time.sleep(delay)
+                continue
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise ServerError(
+                    f"no answer from the model server at {target} within {timeout:g} s",
+                    grpc_code=code,
+                ) from None
+            if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or ""):
+                raise ServerError(
+                    f"cannot reach the model server at {target}: {error.details()}",
+                    grpc_code=code,
+                ) from None
+            raise ServerError(
+                f"the server answered {code.name}: {error.details()}", grpc_code=code
+            ) from None
+    raise AssertionError("unreachable")
+
+
+def _model_spec(spec, model: str, version: int | None, signature_name: str = "") -> None:
+    spec.name = model
+    if version is not None:
+        spec.version.value = int(version)
+    if signature_name:
+        spec.signature_name = signature_name
+
+
+def predict_grpc(
+    images: Sequence[str | bytes],
+    target: str = DEFAULT_GRPC_TARGET,
+    model: str = DEFAULT_MODEL,
+    version: int | None = None,
+    *,
+    signature_name: str = DEFAULT_SIGNATURE,
+    batch_size: int = 32,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    retries: int = DEFAULT_RETRIES,
+) -> list[Prediction]:
+    """Classifies images over gRPC (PredictionService.Predict), `batch_size` per call.
+
+    The signature's one input (DT_STRING, the encoded images) is found through
+    GetModelMetadata, so any such signature works, against this server or TF Serving.
+
+    Raises:
+      ServerError: an error status, a timeout, or a signature that does not take one
+        string input.
+    """
+    import grpc
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    from serving import tensor_proto
+
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    names, contents = _read_images(images)
+    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        input_name = _string_input(stub, target, model, version, signature_name, timeout, retries)
+        predictions = []
+        for start in range(0, len(contents), batch_size):
+            chunk = contents[start : start + batch_size]
+            request = predict_pb2.PredictRequest()
+            _model_spec(request.model_spec, model, version, signature_name)
+            request.inputs[input_name].CopyFrom(tensor_proto.from_array(_object_array(chunk)))
+            response = _grpc_call(stub.Predict, request, timeout, retries, target)
+            outputs = {
+                alias: tensor_proto.to_array(proto) for alias, proto in response.outputs.items()
+            }
+            for index, name in enumerate(names[start : start + batch_size]):
+                row = {alias: _item(value, index) for alias, value in outputs.items()}
+                predictions.append(to_prediction(name, row))
+        return predictions
+
+
+def _string_input(stub, target, model, version, signature_name, timeout, retries) -> str:
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    _model_spec(request.model_spec, model, version)
+    response = _grpc_call(stub.GetModelMetadata, request, timeout, retries, target)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signature_map)
+    signature = signature_map.signature_def.get(signature_name or DEFAULT_SIGNATURE)
+    if signature is None or len(signature.inputs) != 1:
+        raise ServerError(
+            f"signature {signature_name!r} of model {model} does not take one input "
+            "(the encoded images)"
+        )
+    return next(iter(signature.inputs))
+
+
+def _object_array(items: list[bytes]):
+    import numpy as np
+
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array
+
+
+def _item(value, index: int):
+    item = value[index] if getattr(value, "ndim", 0) else value
+    if isinstance(item, bytes):
+        return item.decode("utf-8", errors="replace")
+    return item.item() if hasattr(item, "item") else item
+
+
+def model_status_grpc(
+    target: str = DEFAULT_GRPC_TARGET,
+    model: str = DEFAULT_MODEL,
+    version: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
+    retries: int = DEFAULT_RETRIES,
+):
+    """ModelService.GetModelStatus: a GetModelStatusResponse."""
+    import grpc
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    request = get_model_status_pb2.GetModelStatusRequest()
+    _model_spec(request.model_spec, model, version)
+    with grpc.insecure_channel(target) as channel:
+        stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        return _grpc_call(stub.GetModelStatus, request, timeout, retries, target)
+
+
+# ---------------------------------------------------------------------------------------------
 # `happysad predict`
 
 
-@dataclasses.dataclass(frozen=True)
-class PredictConfig:
+@dataclasses.dataclass
+class PredictOptions:
     """`happysad predict IMAGE...`: one JSON line per image (file, label, probability)."""
 
-    images: tuple[str, ...] = dataclasses.field(
-        metadata={"help": "image files to classify (JPEG, PNG, ...)", "positional": True}
+    images: list[str] = simple_parsing.field(
+        positional=True, metavar="IMAGE", help="image files to classify"
     )
-    server: str = dataclasses.field(
-        default=DEFAULT_URL,
-        metadata={"help": "TF Serving REST endpoint", "flags": ("--server",)},
+    server: str = simple_parsing.field(
+        default="",
+        help=f"REST URL (default {DEFAULT_URL}) or, with --grpc, gRPC host:port or unix:path "
+        f"(default {DEFAULT_GRPC_TARGET})",
     )
-    model: str = dataclasses.field(
-        default=DEFAULT_MODEL, metadata={"help": "model name", "flags": ("--model",)}
+    grpc: bool = simple_parsing.field(
+        default=False, help="call TF Serving's gRPC API instead of REST"
     )
-    model_version: int | None = dataclasses.field(
-        default=None,
-        metadata={"help": "version to ask (default: the latest)", "flags": ("--model_version",)},
+    model: str = simple_parsing.field(default=DEFAULT_MODEL, help="model name")
+    model_version: int | None = simple_parsing.field(
+        default=None, help="version to ask (default: the latest)"
     )
-    signature_name: str = dataclasses.field(
-        default=DEFAULT_SIGNATURE,
-        metadata={"help": "signature taking encoded images", "flags": ("--signature_name",)},
+    signature_name: str = simple_parsing.field(
+        default=DEFAULT_SIGNATURE, help="signature taking encoded images"
     )
-    batch_size: int = dataclasses.field(
-        default=32, metadata={"help": "images per request", "flags": ("--batch_size",)}
+    batch_size: int = simple_parsing.field(default=32, help="images per request")
+    timeout: float = simple_parsing.field(
+        default=DEFAULT_TIMEOUT_SECONDS, help="seconds to wait for each answer"
     )
-    timeout: float = dataclasses.field(
-        default=DEFAULT_TIMEOUT_SECONDS,
-        metadata={"help": "seconds to wait for each answer", "flags": ("--timeout",)},
-    )
-    retries: int = dataclasses.field(
+    retries: int = simple_parsing.field(
         default=DEFAULT_RETRIES,
-        metadata={"help": "retries of a 503/429 answer, with backoff", "flags": ("--retries",)},
+        help="retries of an overloaded answer (503/UNAVAILABLE), with backoff",
     )
-    output: str = dataclasses.field(
-        default="-",
-        metadata={"help": "where the JSON lines go ('-': standard output)", "flags": ("--output",)},
+    output: str = simple_parsing.field(
+        default="-", help="where the JSON lines go ('-': standard output)"
     )
 
 
-def run(config: PredictConfig) -> dict:
+def run(options: PredictOptions) -> dict:
     """Classifies the images and writes one JSON line each; returns a summary."""
-    predictions = predict(
-        config.images,
-        url=config.server,
-        model=config.model,
-        version=config.model_version,
-        signature_name=config.signature_name,
-        batch_size=config.batch_size,
-        timeout=config.timeout,
-        retries=config.retries,
+    common = dict(
+        model=options.model,
+        version=options.model_version,
+        signature_name=options.signature_name,
+        batch_size=options.batch_size,
+        timeout=options.timeout,
+        retries=options.retries,
     )
+    if options.grpc:
+        predictions = predict_grpc(
+            options.images, target=options.server or DEFAULT_GRPC_TARGET, **common
+        )
+    else:
+        predictions = predict(options.images, url=options.server or DEFAULT_URL, **common)
     lines = "".join(orjson.dumps(p.to_json()).decode("utf-8") + "\n" for p in predictions)
-    if config.output == "-":
-        sys.stdout.write(lines)  # the stage's output, not a log line
+    if options.output == "-":
+        sys.stdout.write(lines)  # the command's output, not a log line
         sys.stdout.flush()
     else:
-        partial = f"{config.output}.partial"
+        partial = f"{options.output}.partial"
         with open(partial, "w", encoding="utf-8") as file:
             file.write(lines)
-        os.replace(partial, config.output)
+        os.replace(partial, options.output)
     counts: dict[str, int] = {}
     for prediction in predictions:
         counts[prediction.label] = counts.get(prediction.label, 0) + 1
-    return {"images": len(predictions), "labels": counts, "output": config.output}
+    return {"images": len(predictions), "labels": counts, "output": options.output}
+
+
+class _Parser(simple_parsing.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "happysad predict") -> int:
+    """Entry point of `happysad predict`; 2 with one line on stderr for any error."""
+    parser = _Parser(
+        prog=prog,
+        description="Classify images with a TF Serving model server (REST or gRPC).",
+        allow_abbrev=False,
+        add_option_string_dash_variants=simple_parsing.DashVariant.UNDERSCORE,
+        add_config_path_arg=False,
+    )
+    parser.add_arguments(PredictOptions, dest="options")
+    options = parser.parse_args(list(sys.argv[1:] if argv is None else argv)).options
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        run(options)
+    except (errors.UserError, ValueError) as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,9 +1,15 @@
-"""Prometheus metrics in the text exposition format, named as TF Serving's exporter names them.
+"""Prometheus metrics in the text exposition format, named and shaped as TF Serving exports them.
 
-TF Serving publishes its monitoring metrics (`/tensorflow/serving/request_count`, ...) at
-`/monitoring/prometheus/metrics`, with `/` turned into `:`. The same names are used here, so
-existing dashboards and alerts keep working; batching metrics follow TensorFlow's
-`/tensorflow/serving/batching/...` names.
+TF Serving publishes its monitoring metrics (`/tensorflow/serving/request_count`, ...) at the
+path of `--monitoring_config_file`'s `prometheus_config` (default
+`/monitoring/prometheus/metrics`, and only when `enable: true`), with `/` turned into `:`
+(tensorflow_serving/util/prometheus_exporter.cc). The metrics here are the ones TF Serving
+defines for what this server does, with its names, labels and bucket limits
+(servables/tensorflow/util.cc, saved_model_warmup_util.cc, batching/batching_session.cc), so
+existing dashboards and alerts keep working.
+
+prometheus_client is not used: it appends `_total` (and `_created`) to counters, which would
+rename `:tensorflow:serving:request_count`.
 """
 
 import bisect
@@ -12,11 +18,20 @@ import threading
 from collections.abc import Sequence
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-PATH = "/monitoring/prometheus/metrics"
+DEFAULT_PATH = "/monitoring/prometheus/metrics"
 
-# Microseconds, roughly x2.5 apart: 100 us to 100 s.
-LATENCY_BUCKETS_MICROS = tuple(round(100 * 10 ** (step / 2.5)) for step in range(16))
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+def exponential_buckets(scale: float, growth: float, count: int) -> tuple[float, ...]:
+    """TensorFlow's monitoring::Buckets::Exponential(scale, growth, count) limits."""
+    return tuple(scale * growth**index for index in range(count))
+
+
+# Microseconds: scale 10, power 1.8, 33 buckets (~20 minutes), as TF Serving's latencies.
+LATENCY_BUCKETS_MICROS = exponential_buckets(10, 1.8, 33)
+# batching_session.cc: scale 100, power 1.2, 52 buckets (~1 second).
+QUEUING_BUCKETS_MICROS = exponential_buckets(100, 1.2, 52)
+# util.cc: tf.Examples per request, 1 to 16384.
+EXAMPLE_COUNT_BUCKETS = exponential_buckets(1, 2, 15)
 
 
 def _escape(value: str) -> str:
@@ -27,13 +42,14 @@ def _labels_text(names: Sequence[str], values: Sequence[str], extra: str = "") -
     pairs = [f'{name}="{_escape(str(value))}"' for name, value in zip(names, values, strict=True)]
     if extra:
         pairs.append(extra)
-    return "{" + ",".join(pairs) + "}" if pairs else ""
+    return "{" + ",".join(pairs) + "}"  # TF Serving writes {} for a metric without labels
 
 
 def _number(value: float) -> str:
+    """As absl::StrCat writes a double: at most six significant digits."""
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+    return f"{float(value):.6g}"
 
 
 class _Metric:
@@ -78,19 +94,8 @@ class Counter(_Metric):
         with self._lock:
             items = sorted(self._values.items())
         return self.header() + [
-            f"{self.name}{_labels_text(self.label_names, key)} {_number(value)}"
-            for key, value in items
+            f"{self.name}{_labels_text(self.label_names, key)} {int(value)}" for key, value in items
         ]
-
-
-class Gauge(Counter):
-    """A value that goes up and down (set, not accumulated)."""
-
-    kind = "gauge"
-
-    def set(self, value: float, **labels: str) -> None:
-        with self._lock:
-            self._values[self._key(labels)] = float(value)
 
 
 class Histogram(_Metric):
@@ -139,7 +144,7 @@ class Histogram(_Metric):
 
 
 class ServerMetrics:
-    """Everything `happysad serve` reports."""
+    """Everything `happysad serve` reports, under TF Serving's names."""
 
     def __init__(self):
         self.request_count = Counter(
@@ -149,26 +154,26 @@ class ServerMetrics:
         )
         self.request_latency = Histogram(
             ":tensorflow:serving:request_latency",
-            "Distribution of wall time (in microseconds) for processing REST requests.",
+            "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
             LATENCY_BUCKETS_MICROS,
             ("model_name", "API", "entrypoint"),
         )
-        self.batch_size = Histogram(
-            ":tensorflow:serving:batching:processed_batch_size",
-            "Distribution of the number of items in each batch run by the model.",
-            BATCH_SIZE_BUCKETS,
-            ("model_name",),
-        )
-        self.batch_queuing_latency = Histogram(
-            ":tensorflow:serving:batching:queuing_latency",
-            "Distribution of wall time (in microseconds) a batch's oldest task waited.",
+        self.runtime_latency = Histogram(
+            ":tensorflow:serving:runtime_latency",
+            "Distribution of wall time (in microseconds) for Tensorflow runtime.",
             LATENCY_BUCKETS_MICROS,
-            ("model_name",),
+            ("model_name", "API", "runtime"),
         )
-        self.queued_tasks = Gauge(
-            ":tensorflow:serving:batching:queued_tasks",
-            "Tasks waiting for a batch thread.",
-            ("model_name",),
+        self.request_example_counts = Histogram(
+            ":tensorflow:serving:request_example_counts",
+            "The number of tensorflow.Examples per request.",
+            EXAMPLE_COUNT_BUCKETS,
+            ("model",),
+        )
+        self.request_example_count_total = Counter(
+            ":tensorflow:serving:request_example_count_total",
+            "The total number of tensorflow.Examples.",
+            ("model",),
         )
         self.model_warmup_latency = Histogram(
             ":tensorflow:serving:model_warmup_latency",
@@ -176,27 +181,34 @@ class ServerMetrics:
             LATENCY_BUCKETS_MICROS,
             ("model_path", "status"),
         )
-        self.available_versions = Gauge(
-            ":tensorflow:serving:model_available_versions",
-            "How many versions of the model are AVAILABLE.",
-            ("model_name",),
+        self.model_warmup_records_read = Counter(
+            ":tensorflow:serving:model_warmup_records_read",
+            "Total number of warmup records read during model warmup.",
+            ("model_path", "status"),
         )
-        self.latest_version = Gauge(
-            ":tensorflow:serving:model_latest_version",
-            "The version that requests without a version go to (0 when none).",
-            ("model_name",),
+        self.batching_queuing_latency = Histogram(
+            ":tensorflow:serving:batching_session:queuing_latency",
+            "Distribution of wall time spent (in microseconds) in queuing",
+            QUEUING_BUCKETS_MICROS,
+            ("thread_pool_name",),
+        )
+        self.wrapped_run_count = Counter(
+            ":tensorflow:serving:batching_session:wrapped_run_count",
+            "Total count of run calls on the wrapped session",
         )
 
     def render(self) -> str:
+        """The exposition text of every metric that has a value."""
         metrics = (
             self.request_count,
             self.request_latency,
-            self.batch_size,
-            self.batch_queuing_latency,
-            self.queued_tasks,
+            self.runtime_latency,
+            self.request_example_counts,
+            self.request_example_count_total,
             self.model_warmup_latency,
-            self.available_versions,
-            self.latest_version,
+            self.model_warmup_records_read,
+            self.batching_queuing_latency,
+            self.wrapped_run_count,
         )
         lines = [line for metric in metrics for line in metric.render()]
         return "\n".join(lines) + "\n"

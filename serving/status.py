@@ -1,4 +1,5 @@
-"""TensorFlow's canonical error codes and the HTTP statuses TF Serving's REST API maps them to."""
+"""TensorFlow's canonical error codes, the HTTP statuses TF Serving's REST API maps them to,
+and its bound on error messages. The codes are gRPC's status codes, number for number."""
 
 import enum
 
@@ -47,10 +48,28 @@ HTTP_STATUS = {
 }
 
 
+# What requests refused or cancelled by a shutdown are told (UNAVAILABLE, HTTP 503).
+SHUTTING_DOWN = "The server is shutting down"
+# TF Serving cuts error messages here (model_servers/grpc_status_util.cc, kErrorMessageLimit).
+MAX_MESSAGE_CHARS = 1024
+TRUNCATED_SUFFIX = "...TRUNCATED"
+
+
+def bounded(message: str) -> str:
+    """`message` cut to MAX_MESSAGE_CHARS, as TF Serving cuts its gRPC error messages."""
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[:MAX_MESSAGE_CHARS] + TRUNCATED_SUFFIX
+
+
 class ServingError(Exception):
-    """A failed request, carrying the canonical code that picks its HTTP status."""
+    """A failed request, carrying the canonical code that picks its HTTP and gRPC status.
+
+    The message is bounded (MAX_MESSAGE_CHARS), so no error echoes a whole request back.
+    """
 
     def __init__(self, code: Code, message: str, http_status: int | None = None):
+        message = bounded(message)
         super().__init__(message)
         self.code = Code(code)
         self.message = message
@@ -76,6 +95,14 @@ def failed_precondition(message: str) -> ServingError:
 
 def unavailable(message: str) -> ServingError:
     return ServingError(Code.UNAVAILABLE, message)
+
+
+def unimplemented(message: str) -> ServingError:
+    return ServingError(Code.UNIMPLEMENTED, message)
+
+
+def deadline_exceeded(message: str = "Deadline Exceeded") -> ServingError:
+    return ServingError(Code.DEADLINE_EXCEEDED, message)
 
 
 def _without_trace(message: str) -> str:

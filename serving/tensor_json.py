@@ -45,6 +45,8 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT64_MAX = float(np.finfo(np.float64).max)
 INT32_RANGE = (-(2**31), 2**31 - 1)
 INT64_RANGE = (-(2**63), 2**63 - 1)
+# ASCII whitespace, deleted from base64 text before decoding.
+_WHITESPACE = str.maketrans("", "", " \t\n\v\f\r")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +104,9 @@ def load_document(body: bytes) -> dict:
         # NaN, Infinity and -Infinity, which the standard library parser understands.
         try:
             document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: nesting deeper than Python's limit ("[" * 100000), which
+            # orjson refused first for the same reason.
             raise status.invalid_argument(f"JSON Parse error: {strict_error}") from None
     if not isinstance(document, dict):
         raise status.invalid_argument(f"JSON Value: {quote(document)} Is not object")
@@ -377,12 +381,16 @@ def _is_named_object(value: Any) -> bool:
 
 
 def decode_base64_object(value: Any) -> bytes:
-    """The bytes of a `{"b64": "..."}` object (standard alphabet, padding optional)."""
+    """The bytes of a `{"b64": "..."}` object: standard alphabet, padding optional, ASCII
+    whitespace ignored (what `base64.encodebytes` and `base64` without -w0 write), as
+    abseil's Base64Unescape, which TF Serving uses, reads it."""
     if not _is_base64_object(value):
         raise status.invalid_argument(
             f"JSON Value: {quote(value)} not formatted correctly for base64 data"
         )
     text = value[BASE64_KEY]
+    if not text.isalnum():
+        text = text.translate(_WHITESPACE)
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
@@ -503,18 +511,32 @@ def predict_response(outputs: Mapping[str, np.ndarray], request_format: str) -> 
     return dumps({PREDICTIONS_KEY: rows})
 
 
-def classify_response(labels: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]) -> bytes:
-    """`{"results": [[[label, score], ...], ...]}`, one list of pairs per example."""
+def classify_response(
+    labels: Sequence[Sequence[bytes | str]] | None, scores: Sequence[Sequence[float]] | None
+) -> bytes:
+    """`{"results": [[[label, score], ...], ...]}`, one list of pairs per example.
+
+    A signature without `classes` answers "" labels, one without `scores` 0 scores, as a
+    ClassificationResult with those fields unset is written (json_tensor.cc).
+    """
+    rows = labels if labels is not None else scores
     results = [
         [
-            [label, np.float32(score)]
-            for label, score in zip(example_labels, example_scores, strict=True)
+            [
+                _label_text(labels[row][column]) if labels is not None else "",
+                np.float32(scores[row][column] if scores is not None else 0.0),
+            ]
+            for column in range(len(rows[row]))
         ]
-        for example_labels, example_scores in zip(labels, scores, strict=True)
+        for row in range(len(rows or []))
     ]
     if not results:
         raise status.invalid_argument("Cannot convert empty ClassificationResults to JSON")
     return dumps({RESULTS_KEY: results})
+
+
+def _label_text(label: bytes | str) -> str:
+    return label.decode("utf-8", errors="replace") if isinstance(label, bytes) else label
 
 
 def regress_response(values: Sequence[float]) -> bytes:

@@ -10,12 +10,18 @@ The protos are tensorflow-serving-api's, so the file is what the real model serv
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 from PIL import Image
-from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+from tensorflow_serving.apis import (
+    classification_pb2,
+    predict_pb2,
+    prediction_log_pb2,
+    regression_pb2,
+)
 
 from pipeline import artifacts, contract
 from pipeline.data import synthetic_faces
@@ -54,31 +60,62 @@ def sample_images(count: int = DEFAULT_COUNT, seed: int = 0) -> list[bytes]:
     return images
 
 
-def predict_request(images: Sequence[bytes], model_name: str) -> predict_pb2.PredictRequest:
-    """A `serving_default` PredictRequest for encoded images (a DT_STRING [N] input)."""
+def predict_request(
+    inputs: Mapping[str, Any],
+    model_name: str,
+    signature_name: str = contract.SERVING_SIGNATURE,
+) -> predict_pb2.PredictRequest:
+    """A PredictRequest from input name -> values (numpy arrays, lists, bytes).
+
+    Values go through `tf.make_tensor_proto`, so a list of bytes becomes a DT_STRING tensor
+    and a float32 array keeps its dtype and shape.
+    """
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
-    request.model_spec.signature_name = contract.SERVING_SIGNATURE
-    request.inputs[contract.BYTES_INPUT].CopyFrom(tf.make_tensor_proto(list(images)))
+    request.model_spec.signature_name = signature_name
+    for name, values in inputs.items():
+        request.inputs[name].CopyFrom(tf.make_tensor_proto(values))
     return request
 
 
 def requests(images: Sequence[bytes], model_name: str) -> list[predict_pb2.PredictRequest]:
-    """One PredictRequest per image (batch 1), then one with all of them (a batch)."""
-    single = [predict_request([image], model_name) for image in images]
-    return single + ([predict_request(images, model_name)] if len(images) > 1 else [])
+    """One `serving_default` request per image (batch 1), then one with all of them."""
+    single = [predict_request({contract.BYTES_INPUT: [image]}, model_name) for image in images]
+    batch = [predict_request({contract.BYTES_INPUT: list(images)}, model_name)]
+    return single + (batch if len(images) > 1 else [])
 
 
-def write(export_dir: str, images: Sequence[bytes], model_name: str) -> int:
+def _as_prediction_log(request: Any) -> prediction_log_pb2.PredictionLog:
+    if isinstance(request, prediction_log_pb2.PredictionLog):
+        return request
+    if isinstance(request, predict_pb2.PredictRequest):
+        return prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request)
+        )
+    if isinstance(request, classification_pb2.ClassificationRequest):
+        return prediction_log_pb2.PredictionLog(
+            classify_log=prediction_log_pb2.ClassifyLog(request=request)
+        )
+    if isinstance(request, regression_pb2.RegressionRequest):
+        return prediction_log_pb2.PredictionLog(
+            regress_log=prediction_log_pb2.RegressLog(request=request)
+        )
+    raise ValueError(
+        f"cannot write a {type(request).__name__} as a warm-up record: expected a "
+        "PredictionLog, PredictRequest, ClassificationRequest or RegressionRequest"
+    )
+
+
+def write_requests(export_dir: str, warmup_requests: Iterable[Any]) -> int:
     """Writes the warm-up file of the SavedModel version in `export_dir`; returns its records.
 
+    Each request is a PredictionLog, or a Predict/Classification/RegressionRequest wrapped in
+    one. Written aside and renamed: a server polling the base path never replays half a file.
+
     Raises:
-        ValueError: no image, or more requests than TF Serving accepts.
+        ValueError: another type, no request at all, or more than TF Serving accepts.
     """
-    logs = [
-        prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-        for request in requests(images, model_name)
-    ]
+    logs = [_as_prediction_log(request) for request in warmup_requests]
     if not logs or len(logs) > MAX_RECORDS:
         raise ValueError(f"{len(logs)} warm-up requests: TF Serving takes 1 to {MAX_RECORDS}")
 
@@ -89,3 +126,8 @@ def write(export_dir: str, images: Sequence[bytes], model_name: str) -> int:
 
     artifacts.write_with(os.path.join(export_dir, contract.WARMUP_PATH), write_records)
     return len(logs)
+
+
+def write(export_dir: str, images: Sequence[bytes], model_name: str) -> int:
+    """The warm-up file of `export_dir` for these encoded images; returns its record count."""
+    return write_requests(export_dir, requests(images, model_name))

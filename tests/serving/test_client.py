@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 
 from pipeline import cli
-from serving import client, server
-from tests.serving.conftest import encode_image, install_version
+from serving import client
+from tests.serving.conftest import encode_image, install_version, start
 
 # -- pure functions ------------------------------------------------------------------------
 
@@ -188,10 +188,7 @@ def test_sync_helpers_work_inside_a_running_event_loop(fake_server):
 def live_server(tmp_path_factory, exported_models):
     base_path = tmp_path_factory.mktemp("client_base")
     install_version(exported_models["image"], base_path, 1)
-    config = server.ServeConfig(
-        model_base_path=str(base_path), model_name="happysad", rest_api_port=0
-    )
-    with server.start_in_thread(config) as handle:
+    with start(model_base_path=str(base_path), model_name="happysad") as handle:
         client.wait_until_ready(handle.url, "happysad", timeout=60)
         yield handle
 
@@ -224,8 +221,25 @@ def test_predict_status_and_metadata_against_the_server(live_server, image_files
         client.predict(image_files[:1], url=live_server.url, model="happysad", version=5)
 
 
-def test_happysad_predict_prints_one_json_line_per_image(live_server, image_files, capsys):
-    code = cli.main(["predict", *image_files, "--server", live_server.url, "--model", "happysad"])
+def test_predict_and_status_over_grpc(live_server, image_files):
+    predictions = client.predict_grpc(
+        image_files, target=live_server.grpc_address, model="happysad", batch_size=2
+    )
+    assert [p.label for p in predictions] == ["happy", "sad", "happy"]
+    assert predictions[1].probability == pytest.approx(1 - 20 / 255, abs=0.02)
+    status = client.model_status_grpc(live_server.grpc_address, "happysad")
+    assert status.model_version_status[0].version == 1
+    with pytest.raises(client.ServerError, match="answered NOT_FOUND: Servable not found"):
+        client.predict_grpc(image_files[:1], target=live_server.grpc_address, model="nope")
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_happysad_predict_prints_one_json_line_per_image(
+    live_server, image_files, capsys, protocol
+):
+    server = live_server.url if protocol == "rest" else live_server.grpc_address
+    extra = ["--grpc"] if protocol == "grpc" else []
+    code = cli.main(["predict", *image_files, "--server", server, "--model", "happysad", *extra])
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(line["file"], line["label"]) for line in lines] == list(

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import classification_pb2, prediction_log_pb2
 
+from pipeline.export import warmup
 from serving import prediction_log
 
 
@@ -16,16 +17,17 @@ def test_warmup_path_is_where_tf_serving_looks(tmp_path):
 
 
 def test_predict_requests_round_trip(tmp_path):
+    """Written by the exporter (pipeline.export.warmup), read back as TF Serving reads it."""
     path = prediction_log.warmup_path(str(tmp_path))
     images = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
     requests = [
-        prediction_log.predict_request({"image_bytes": [b"\xff\xd8jpeg"]}, model_name="happysad"),
-        prediction_log.predict_request(
+        warmup.predict_request({"image_bytes": [b"\xff\xd8jpeg"]}, model_name="happysad"),
+        warmup.predict_request(
             {"images": images}, model_name="happysad", signature_name="predict_images"
         ),
     ]
 
-    assert prediction_log.write_warmup_requests(path, requests) == 2
+    assert warmup.write_requests(str(tmp_path), requests) == 2
     logs = prediction_log.read_warmup_requests(path)
 
     assert [log.WhichOneof("log_type") for log in logs] == ["predict_log", "predict_log"]
@@ -40,26 +42,25 @@ def test_predict_requests_round_trip(tmp_path):
 
 def test_file_is_a_plain_tfrecord_of_prediction_logs(tmp_path):
     """What TF Serving's C++ reader sees: records that parse as PredictionLog."""
-    path = str(tmp_path / "warmup")
+    path = prediction_log.warmup_path(str(tmp_path))
     classify = classification_pb2.ClassificationRequest()
     classify.model_spec.name = "m"
-    prediction_log.write_warmup_requests(path, [classify])
+    warmup.write_requests(str(tmp_path), [classify])
 
     records = list(tf.data.TFRecordDataset(path).as_numpy_iterator())
     log = prediction_log_pb2.PredictionLog.FromString(records[0])
     assert log.classify_log.request.model_spec.name == "m"
 
 
-def test_rejects_what_tf_serving_would_refuse(tmp_path):
-    path = str(tmp_path / "warmup")
-    with pytest.raises(ValueError, match="at least one"):
-        prediction_log.write_warmup_requests(path, [])
+def test_the_exporter_refuses_what_tf_serving_would_refuse(tmp_path):
+    with pytest.raises(ValueError, match="1 to 1000"):
+        warmup.write_requests(str(tmp_path), [])
     with pytest.raises(ValueError, match="cannot write a dict"):
-        prediction_log.write_warmup_requests(path, [{"x": 1}])
+        warmup.write_requests(str(tmp_path), [{"x": 1}])
     too_many = [prediction_log_pb2.PredictionLog()] * (prediction_log.MAX_WARMUP_RECORDS + 1)
-    with pytest.raises(ValueError, match="at most 1000"):
-        prediction_log.write_warmup_requests(path, too_many)
-    assert not os.path.exists(path)
+    with pytest.raises(ValueError, match="1 to 1000"):
+        warmup.write_requests(str(tmp_path), too_many)
+    assert not os.path.exists(prediction_log.warmup_path(str(tmp_path)))
 
 
 def test_reading_a_file_that_is_not_a_tfrecord_fails_clearly(tmp_path):

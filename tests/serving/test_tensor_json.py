@@ -38,6 +38,8 @@ def test_load_document_accepts_nan_and_infinity_like_tf_serving():
         (b'{"instances": [1, 2', "JSON Parse error"),
         (b"[1, 2]", "Is not object"),
         (b"\xff\xfe", "JSON Parse error"),
+        (b"[" * 100_000, "JSON Parse error"),
+        (b'{"a": ' + b"[" * 5000 + b"]" * 5000 + b"}", "JSON Parse error"),
     ],
 )
 def test_load_document_rejects_what_is_not_a_json_object(body, message):
@@ -94,6 +96,12 @@ def test_b64_values_decode_to_bytes_in_both_formats():
 
 def test_b64_padding_is_optional():
     assert tensor_json.decode_base64_object({"b64": "eCE"}) == b"x!"
+
+
+def test_b64_whitespace_is_skipped_as_abseil_does():
+    data = bytes(range(200))
+    assert tensor_json.decode_base64_object({"b64": base64.encodebytes(data).decode()}) == data
+    assert tensor_json.decode_base64_object({"b64": " eC\tE=\r\n"}) == b"x!"
 
 
 @pytest.mark.parametrize(
