@@ -606,7 +606,7 @@ def run(config: PreprocessConfig) -> dict:
     if config.input is None and config.num_synthetic < 2:
         raise errors.UserError("--num-synthetic must be at least 2 (one face per label)")
     options = beam_options.from_args(config.beam_args)
-    root = beam.Pipeline(runner=beam_options.local_runner(options), options=options)
+    root = beam.Pipeline(runner=beam_options.runner_for(options), options=options)
     build_pipeline(root, config)  # lists the input: a wrong folder fails before anything is deleted
     _clear_previous_outputs(config.output)
     root.run().wait_until_finish()
