@@ -62,8 +62,16 @@ STAGES = {
     ),
 }
 
-# Exceptions that mean the user asked for something impossible: one line, exit 2.
-USER_ERRORS = (errors.UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+# Exceptions that mean the user asked for something impossible, or named a service that cannot
+# be reached or failed (a Dask cluster: pipeline.dask_runner.DaskClusterError): one line, exit 2.
+USER_ERRORS = (
+    errors.UserError,
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+    ConnectionError,
+)
 
 
 def _top_level_parser() -> argparse.ArgumentParser:

@@ -168,10 +168,12 @@ class DaskRunnerResult(beam_dask_runner.DaskRunnerResult):
         return self.state
 
     def metrics(self) -> direct_metrics.DirectMetrics:
-        """The job's metrics (Beam's MetricResults: `.query()`); waits for the job first."""
-        if self._metrics is None:
-            self.wait_until_finish()
-        return self._metrics
+        """The job's metrics (Beam's MetricResults: `.query()`), once it is done; else empty.
+
+        Waits for the job first, and raises what `wait_until_finish` raises.
+        """
+        self.wait_until_finish()
+        return self._metrics or direct_metrics.DirectMetrics()
 
     def _finish(self, state: str) -> None:
         self._state = state
