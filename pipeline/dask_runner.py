@@ -27,21 +27,24 @@ Beam fixes it; `tests/pipeline/test_dask_runner.py` has a test per defect):
    their written files there) finalize nothing and leave the data in `beam-temp-*`. Here the
    bundle runs through Beam's `DoFnRunner`, start to finish, and keeps everything it emits.
 4. A side input is recomputed wherever it is read: each bundle of each consumer iterates a
-   bag of the whole upstream graph (a nested compute from inside a task), so a value made once
-   per job (a sink's temporary directory name, a random seed) differs between its uses. Here
-   each side-input PCollection becomes one reduction in the graph, computed once and passed
-   to every bundle that reads it.
+   bag of the whole upstream graph (a nested compute from inside a task), so its steps run
+   again for every use, side effects included (a sink's InitializeWrite, which names the
+   temporary directory, or anything random). Here each side-input PCollection becomes one
+   reduction in the graph, computed once and passed to every bundle that reads it.
 5. There are no metrics: `DaskRunnerResult.metrics()` raises NotImplementedError. Here each
    bundle counts into a `MetricsContainer` and its updates travel back with the results;
    `metrics()` answers from Beam's `DirectMetrics` (committed = attempted: results of bundles
    lost with a worker are not counted).
 6. `Create` puts up to 128 elements in one partition, and `Reshuffle` does nothing, so a small
    or file-listing input runs on one worker whatever the cluster's size. Here both spread the
-   elements over as many partitions as the cluster has worker threads (`--dask_npartitions`
-   and `--dask_partition_size` still decide when given).
+   elements over PARTITIONS_PER_THREAD partitions per worker thread of the cluster
+   (`--dask_npartitions` and `--dask_partition_size` still decide when given).
 7. The client is never closed, and without an address `distributed.Client()` starts a local
    cluster whose dashboard listens on every interface. Here the job's end closes the client
    (and the local cluster the runner started, which listens on 127.0.0.1 only).
+
+As with any Dask bag, a partition's elements are one list in a worker's memory between steps:
+for inputs whose partitions would not fit, raise `--dask_npartitions`.
 
 What it does not change: like Beam's runner it runs bounded pipelines in the global window
 (timestamps and windows are dropped between steps; `WindowInto` is ignored), and it has no
@@ -51,6 +54,7 @@ before it starts, with the transform's name.
 
 import dataclasses
 import logging
+import time
 import typing
 
 import apache_beam as beam
@@ -114,13 +118,21 @@ class DaskRunner(beam_dask_runner.DaskRunner):
         client, cluster = _connect(dask_options)
         try:
             pipeline.replace_all(overrides.dask_overrides())
-            builder = _BagBuilder(bag_kwargs or {"npartitions": _default_partitions(client)})
+            bag_kwargs = bag_kwargs or {"npartitions": _default_partitions(client)}
+            builder = _BagBuilder(bag_kwargs)
             pipeline.visit(builder)
-            future = client.compute(dask.optimize(builder.job())[0])
+            (job,) = dask.optimize(builder.job())
+            future = client.compute(job)
         except BaseException:
             _close(client, cluster)
             raise
-        return DaskRunnerResult(client, [future], cluster=cluster)
+        logger.info(
+            "Submitted %d tasks to the Dask cluster at %s (%s)",
+            len(job.__dask_graph__()),
+            client.scheduler.address,
+            ", ".join(f"{key}={value}" for key, value in bag_kwargs.items()),
+        )
+        return DaskRunnerResult(client, [future], cluster=cluster, started=time.monotonic())
 
 
 @dataclasses.dataclass
@@ -128,6 +140,7 @@ class DaskRunnerResult(beam_dask_runner.DaskRunnerResult):
     """The running job: its state, its metrics once finished, and `cancel()`."""
 
     cluster: distributed.LocalCluster | None = None
+    started: float = 0.0  # time.monotonic() at submission
     _metrics: direct_metrics.DirectMetrics | None = None
 
     def wait_until_finish(self, duration=None) -> str:
@@ -158,6 +171,7 @@ class DaskRunnerResult(beam_dask_runner.DaskRunnerResult):
         for step, update in updates:
             self._metrics.commit_logical(step, update)
             self._metrics.commit_physical(step, update)
+        logger.info("The Dask job finished in %.1f s", time.monotonic() - self.started)
         self._finish(beam_runner.PipelineState.DONE)
         return self.state
 

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import time
 import uuid
 
 import apache_beam as beam
@@ -19,6 +20,7 @@ import distributed
 import psutil
 import pytest
 import tensorflow_datasets as tfds
+from apache_beam.io import fileio
 from apache_beam.options import pipeline_options
 from apache_beam.testing import test_pipeline, util
 
@@ -172,30 +174,40 @@ def test_counters_are_read_from_the_result(address):
 
 
 def slow_pid(_) -> int:
-    import time
-
     time.sleep(0.1)
     return os.getpid()
 
 
-def created(root):
-    return root | beam.Create(range(24))
-
-
-def expanded(root):
-    return (
-        root | beam.Create([24]) | beam.FlatMap(lambda count: list(range(count))) | beam.Reshuffle()
-    )
-
-
-@pytest.mark.parametrize("source", [created, expanded])
-def test_work_is_spread_over_the_workers(address, source):
-    # Beam's DaskRunner puts up to 128 created elements in one partition, and its Reshuffle
-    # keeps the one partition of a one-element Create (a file pattern, say) as it is.
+def test_created_elements_are_spread_over_the_workers(address):
+    # Beam's DaskRunner puts up to 128 created elements in one partition.
     with dask_pipeline(address) as root:
-        pids = source(root) | beam.Map(slow_pid)
+        pids = root | beam.Create(range(24)) | beam.Map(slow_pid)
         workers = pids | beam.Distinct() | beam.combiners.Count.Globally()
         util.assert_that(workers, util.equal_to([2]))
+
+
+def read_slowly(readable_file) -> tuple[str, int]:
+    time.sleep(0.1)
+    return readable_file.read_utf8(), os.getpid()
+
+
+def test_files_are_matched_and_read_on_the_workers_spread_by_a_reshuffle(address, tmp_path):
+    # MatchFiles is a one-element Create (the pattern): every match starts in one partition,
+    # which Beam's DaskRunner's Reshuffle leaves as it is.
+    for index in range(24):
+        (tmp_path / f"file{index:02d}.txt").write_text(f"content {index}")
+    with dask_pipeline(address) as root:
+        read = (
+            root
+            | fileio.MatchFiles(str(tmp_path / "*.txt"))
+            | beam.Reshuffle()
+            | fileio.ReadMatches()
+            | beam.Map(read_slowly)
+        )
+        contents = read | beam.Keys()
+        util.assert_that(contents, util.equal_to([f"content {i}" for i in range(24)]))
+        workers = read | beam.Values() | beam.Distinct() | beam.combiners.Count.Globally()
+        util.assert_that(workers, util.equal_to([2]), label="OnTwoWorkers")
 
 
 def test_a_transform_it_cannot_run_is_refused_by_name(address):
