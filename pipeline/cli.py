@@ -151,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage = STAGES[name]
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask's, read at its import
     _configure_logging()
     module = importlib.import_module(stage.module)
     config_class = getattr(module, stage.config_class)
