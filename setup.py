@@ -40,6 +40,9 @@ EXTRAS_REQUIRE = {
         # tfds.testing (DatasetBuilderTestCase) imports it.
         "dill>=0.3.8,<0.5",
         "ruff>=0.6",
+        # tests/pipeline/data/test_dask_runner.py runs the data job on a local Dask cluster.
+        "dask[distributed]>=2024.4.2",
+        "psutil>=5.9",
     ],
     "bench": [
         "flask>=3",
@@ -48,6 +51,8 @@ EXTRAS_REQUIRE = {
     ],
     "gcp": ["apache-beam[gcp]>=2.77,<3"],
     "aws": ["apache-beam[aws]>=2.77,<3"],
+    # --runner=DaskRunner (pipeline/data/dask_runner.py); the versions Beam's own [dask] extra asks.
+    "dask": ["dask[distributed]>=2024.4.2"],
 }
 
 setuptools.setup(

@@ -119,7 +119,7 @@ def clean_images_seconds(folder: str, workers: int) -> float:
     """Wall-clock seconds of ListLabelledFiles | CleanImages into counts, startup included."""
     options = beam_options.from_args(beam_arguments(workers))
     start = time.perf_counter()
-    with beam.Pipeline(runner=beam_options.local_runner(options), options=options) as root:
+    with beam.Pipeline(runner=beam_options.runner_for(options), options=options) as root:
         cleaned = root | preprocess.ListLabelledFiles(folder) | preprocess.CleanImages()
         _ = cleaned["accepted"] | "CountAccepted" >> beam.combiners.Count.Globally()
         _ = cleaned["manifest"] | "CountRows" >> beam.combiners.Count.Globally()

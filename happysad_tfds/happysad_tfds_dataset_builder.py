@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from pipeline import config as config_lib
 from pipeline import contract, errors
-from pipeline.data import job, splits
+from pipeline.data import beam_options, job, splits
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +156,21 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         if name == FOLDER.name:
             return FOLDER
         return super().get_builder_config(name, version)
+
+    def download_and_prepare(self, *, download_config=None, **kwargs):
+        """TFDS's, where a runner Beam cannot name is resolved first (`runner=DaskRunner`).
+
+        `tfds build --beam_pipeline_options="runner=DaskRunner,dask_client_address=..."`
+        passes only options, and Beam's runner lookup knows no DaskRunner by name: the
+        runner comes from `pipeline.beam_options.named_runner`, as in `happysad build`.
+        """
+        options = download_config.beam_options if download_config else None
+        if options is not None and download_config.beam_runner is None:
+            name = options.view_as(beam.options.pipeline_options.StandardOptions).runner
+            runner = beam_options.named_runner(name) if name else None
+            if runner is not None:
+                download_config = dataclasses.replace(download_config, beam_runner=runner)
+        return super().download_and_prepare(download_config=download_config, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         """Returns the dataset metadata."""

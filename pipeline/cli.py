@@ -113,8 +113,17 @@ STAGES = {
 # Stages whose command line is handed over whole (their flags are TF Serving's).
 _FOREIGN = ("serve", "predict")
 
-# Exceptions that mean the user asked for something impossible: one line, exit 2.
-USER_ERRORS = (errors.UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+# Exceptions that mean the user asked for something impossible, or named a service that cannot
+# be reached or failed (a Dask cluster: pipeline.data.dask_runner.DaskClusterError): one line,
+# exit 2.
+USER_ERRORS = (
+    errors.UserError,
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    PermissionError,
+    ConnectionError,
+)
 # Our packages report progress at INFO; libraries (Beam, TF, absl) only warnings and errors.
 OWN_LOGGERS = ("pipeline", "serving", "happysad_tfds")
 # Beam warns about its optional GCP client on import, on every command; it is not ours to fix.
@@ -215,6 +224,7 @@ def _shown(record: logging.LogRecord) -> bool:
 
 def configure_logging() -> None:
     """Our packages at INFO, libraries at WARNING, one format (before any stage is imported)."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask's, read at its import
     logging.basicConfig(
         level=logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",

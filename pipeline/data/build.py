@@ -95,7 +95,7 @@ def run(
     options = beam_options.from_args(beam_args)
     download_config = tfds.download.DownloadConfig(
         manual_dir=manual_dir,
-        beam_runner=beam_options.local_runner(options),
+        beam_runner=beam_options.runner_for(options),
         beam_options=options,
         download_mode=(
             tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS

@@ -47,7 +47,7 @@ def run(config: config_lib.Config, *, output: str, beam_args: tuple[str, ...] = 
         except OSError as error:
             raise errors.UserError(f"cannot make the output folder {output}: {error}") from None
     options = beam_options.from_args(beam_args)
-    root = beam.Pipeline(runner=beam_options.local_runner(options), options=options)
+    root = beam.Pipeline(runner=beam_options.runner_for(options), options=options)
     _ = root | "DataJob" >> job.DataJob(config.data, config.seed, output)
     _clear_previous_outputs(output)
     result = root.run()

@@ -14,7 +14,7 @@ def test_without_a_runner_the_pipeline_runs_here_and_never_fetches_prism(monkeyp
 
     monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", fetch_and_run_prism)
     options = beam_options.from_args(["--direct_num_workers=1"])
-    with beam.Pipeline(runner=beam_options.local_runner(options), options=options) as root:
+    with beam.Pipeline(runner=beam_options.runner_for(options), options=options) as root:
         doubled = root | beam.Create([1, 2, 3]) | beam.Map(lambda number: 2 * number)
         assert_that(doubled, equal_to([2, 4, 6]))
     assert tried == []
@@ -22,7 +22,7 @@ def test_without_a_runner_the_pipeline_runs_here_and_never_fetches_prism(monkeyp
 
 def test_a_runner_given_is_beams_to_choose():
     for runner in ("DirectRunner", "DataflowRunner", "PrismRunner"):
-        assert beam_options.local_runner(beam_options.from_args([f"--runner={runner}"])) is None
+        assert beam_options.runner_for(beam_options.from_args([f"--runner={runner}"])) is None
 
 
 def test_options_come_from_the_flags_given_only(monkeypatch):

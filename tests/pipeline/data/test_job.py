@@ -184,7 +184,7 @@ def run_job(data: config.DataConfig, output: str, beam_args=(), accepted=None) -
     `accepted`: if given, the paths the job's accepted CleanImages must have.
     """
     options = beam_options.from_args(beam_args)
-    with beam.Pipeline(runner=beam_options.local_runner(options), options=options) as root:
+    with beam.Pipeline(runner=beam_options.runner_for(options), options=options) as root:
         images = root | job.DataJob(data, 0, output)
         if accepted is not None:
             paths = images | beam.Map(lambda image: image.path)
