@@ -1,0 +1,1363 @@
+"""The pixel transform, written once in TensorFlow ops: encoded image bytes -> uint8 [S, S, 3].
+
+Every place that turns a file into pixels calls this module: the Beam data job's workers (a
+training example is what `Transformer` returned for the file's bytes), the exported
+`serving_default` graph (`transform_batch`), cross-validation, the demo and the report. There
+is no second implementation to drift from.
+
+The steps, in order:
+  1. sniff: the content's magic bytes decide the format, never a file name;
+  2. header: width, height, orientation and layout are read in graph from the bytes alone, and
+     the budgets (pixels, shorter side, aspect ratio) are checked before a single pixel is
+     decoded, so a decompression bomb costs microseconds and no memory;
+  3. decode the accepted set: JPEG (baseline, extended, progressive; grayscale, RGB, CMYK/YCCK),
+     PNG (every colour type and bit depth, tRNS), GIF (the first frame), BMP (uncompressed 1, 4,
+     8, 24 and 32 bits) and still WebP (lossy, lossless, alpha);
+  4. orientation (EXIF, else XMP `tiff:Orientation`, as Pillow's ImageOps.exif_transpose);
+  5. transparency composited on white, 16-bit samples scaled to 8 bits, grayscale replicated;
+  6. an optional crop box (the seam for an in-graph face detector), then the resize policy.
+
+Rules (each applied in exactly one place below):
+  - 16 to 8 bits: v8 = round(v16 / 257) = (v16 + 128) // 257, the nearest 8-bit value (what
+    libpng's png_set_scale_16 computes); colour and alpha alike, before compositing.
+  - Compositing on white, 8-bit colour c and alpha a: out = 255 - round((255 - c) * a / 255),
+    in integers; (255 - c) * a / 255 never lies halfway, so the rounding has no ties.
+  - Resize: tf.image.resize(method="area") in float32, then round half to even (tf.round),
+    clip to 0..255, uint8. `stretch` resizes the whole image to S x S; `crop` cuts the centre
+    square (offsets rounded down) first; `pad` keeps the aspect ratio, the long side becomes S
+    and the short side round_half_up(short * S / long) (at least 1), centred (offsets rounded
+    down) on BLACK, as tf.image.resize_with_pad and the seed's Python cleaning pad.
+  - GIF: the first frame only, as Pillow shows it. TensorFlow's GIF decoder decodes every frame
+    (a many-frame GIF is a memory bomb) and paints transparent pixels black, so the graph
+    rebuilds a one-frame GIF from the bytes: the first image's data, its colour table with the
+    transparent entry rewritten to white (exactly what compositing on white gives), no Graphics
+    Control Extension, and a logical screen the size of the frame. The frame is then placed on
+    Pillow's canvas (the logical screen, grown to hold the frame), whose uncovered area is white
+    when the frame has a transparent colour and the colour table's entry 0 otherwise.
+  - BMP: decoded in graph from the raw rows (TensorFlow's decode_bmp returns palette indices as
+    pixels and requires an exact file size); 32-bit BI_RGB ignores the fourth byte and
+    BI_BITFIELDS follows Pillow's supported masks, alpha included.
+
+Refused as `unsupported_format`, with the reason in the detail: TIFF, PPM/PGM/PBM/PAM, ICO/CUR,
+PSD, PDF, QOI, OpenEXR, HEIC/AVIF, SVG, JPEG 2000, JPEG XL (tf.io.decode_jxl exists, but Pillow
+and the usual tools do not decode it, so no training file could be checked against an
+independent reference), animated WebP (TensorFlow's decoder decodes every frame and, asked for
+an unknown channel count, writes past its buffer), 12-bit, lossless, hierarchical and
+arithmetic-coded JPEG, 16-bit and RLE-compressed BMP. Damaged files are `corrupt`: from the
+header walk where it can tell (a PNG without IEND, a GIF whose first frame is cut), else from
+TensorFlow's decoders, which refuse truncated JPEG, PNG, GIF and WebP data (checked at every cut
+position) rather than fill it with grey.
+
+Entry points: `inspect` (header facts, never raises), `transform` (raises
+tf.errors.InvalidArgumentError with one bounded message for a rejected file, so TF Serving
+answers 400), `transform_batch` (strings [N] -> uint8 [N, S, S, 3], for the serving
+signature), and `Transformer`, the per-image Python call for the Beam workers (one traced
+graph per options; a status, never an exception, for bad content).
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+import tensorflow as tf
+
+IMAGE_SIZE = 256
+RESIZE_POLICIES = ("stretch", "pad", "crop")
+ACCEPTED_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
+
+# Reason codes of a rejected file (the manifest's vocabulary), with the sentence of the message.
+EMPTY = "empty"
+NOT_AN_IMAGE = "not_an_image"
+UNSUPPORTED_FORMAT = "unsupported_format"
+CORRUPT = "corrupt"
+TOO_LARGE = "too_large"
+TOO_SMALL = "too_small"
+EXTREME_ASPECT = "extreme_aspect"
+REASONS = {
+    EMPTY: "the file has no bytes",
+    NOT_AN_IMAGE: "the content is not an image",
+    UNSUPPORTED_FORMAT: "an image format that is not decoded here (accepted: JPEG, PNG, GIF, "
+    "BMP, WebP)",
+    CORRUPT: "the image is truncated or damaged",
+    TOO_LARGE: "over the pixel budget (checked from the header, before decoding)",
+    TOO_SMALL: "the shorter side is under the minimum",
+    EXTREME_ASPECT: "the long side is too many times the short side",
+}
+
+# Formats recognised by their magic bytes: the accepted ones first (their index is the branch
+# of the decoder), then those refused. (format, offset, magic), first match wins.
+_REFUSED_FORMATS = (
+    "tiff",
+    "ppm",
+    "ico",
+    "psd",
+    "pdf",
+    "qoi",
+    "openexr",
+    "heic",
+    "avif",
+    "jpeg2000",
+    "jpegxl",
+    "svg",
+)
+_FORMAT_NAMES = ACCEPTED_FORMATS + _REFUSED_FORMATS
+_BMP_HEADER_SIZES = (12, 40, 52, 56, 64, 108, 124)
+_SIGNATURES = (
+    ("jpeg", 0, b"\xff\xd8\xff"),
+    ("png", 0, b"\x89PNG\r\n\x1a\n"),
+    ("gif", 0, b"GIF87a"),
+    ("gif", 0, b"GIF89a"),
+    *(("bmp", 0, b"BM" + bytes(12) + bytes([size, 0, 0, 0])) for size in _BMP_HEADER_SIZES),
+    ("webp", 0, b"RIFF\0\0\0\0WEBP"),
+    ("tiff", 0, b"II*\0"),
+    ("tiff", 0, b"MM\0*"),
+    ("tiff", 0, b"II+\0"),
+    ("tiff", 0, b"MM\0+"),
+    *(("ppm", 0, b"P" + bytes([kind, space])) for kind in b"1234567" for space in b" \t\r\n"),
+    ("ico", 0, b"\0\0\1\0"),
+    ("ico", 0, b"\0\0\2\0"),
+    ("psd", 0, b"8BPS"),
+    ("pdf", 0, b"%PDF"),
+    ("qoi", 0, b"qoif"),
+    ("openexr", 0, b"\x76\x2f\x31\x01"),
+    *(("heic", 4, b"ftyp" + brand) for brand in (b"heic", b"heix", b"hevc", b"heim", b"mif1")),
+    *(("heic", 4, b"ftyp" + brand) for brand in (b"heis", b"msf1")),
+    *(("avif", 4, b"ftyp" + brand) for brand in (b"avif", b"avis")),
+    ("jpeg2000", 0, b"\0\0\0\x0cjP  \r\n\x87\n"),
+    ("jpeg2000", 0, b"\xff\x4f\xff\x51"),
+    ("jpegxl", 0, b"\xff\x0a"),
+    ("jpegxl", 0, b"\0\0\0\x0cJXL \r\n\x87\n"),
+)
+# Bytes that are not part of a signature (BMP's file size and offset, RIFF's size) are masked.
+_MASKED = {("bmp", index) for index in range(2, 14)} | {("webp", index) for index in range(4, 8)}
+_SNIFF_BYTES = 18
+_SVG_PROBE_BYTES = 2048
+_SVG_STARTS = (b"<svg", b"<?xml", b"<!doctype svg")
+
+# Bounds of the header walks (each step reads a few bytes; a file needing more is refused).
+_MAX_JPEG_SEGMENTS = 1024  # segments before the first scan
+_MAX_PNG_CHUNKS = 1 << 16  # chunks read for metadata; decoding is libpng's
+_MAX_GIF_BLOCKS = 1 << 20  # blocks and sub-blocks up to the end of the first frame
+_MAX_WEBP_CHUNKS = 64
+_MAX_IFD_ENTRIES = 256
+_ORIENTATION_TAG = 0x0112
+
+_EXIF_HEADER = b"Exif\0\0"
+_XMP_JPEG_HEADER = b"http://ns.adobe.com/xap/1.0/\0"
+_XMP_PNG_KEYWORD = b"XML:com.adobe.xmp\0"
+_XMP_ORIENTATION = b"tiff:Orientation"
+
+# A stand-in for pixels never decoded (inspect, or a rejected file in the status form).
+_NO_PIXELS_SIDE = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformOptions:
+    """What the transform does to every image: part of a dataset's metadata and of its export.
+
+    image_size and resize_policy change pixels; the other fields decide, from the header alone,
+    which files are refused. The fields carry CLI metadata (`help`, `choices`).
+    """
+
+    image_size: int = dataclasses.field(
+        default=IMAGE_SIZE, metadata={"help": "side of the square output images, in pixels"}
+    )
+    resize_policy: str = dataclasses.field(
+        default="stretch",
+        metadata={
+            "help": "stretch: ignore the aspect ratio; pad: keep it, centre on black; "
+            "crop: keep it, cut the centre square",
+            "choices": RESIZE_POLICIES,
+        },
+    )
+    max_pixels: int = dataclasses.field(
+        default=50_000_000,
+        metadata={"help": "pixel budget: larger images are refused from their header"},
+    )
+    min_side: int = dataclasses.field(
+        default=32, metadata={"help": "refuse images whose shorter side is under this (pixels)"}
+    )
+    max_aspect_ratio: float = dataclasses.field(
+        default=3.0, metadata={"help": "refuse images whose long side exceeds this times the short"}
+    )
+
+    def __post_init__(self):
+        if self.resize_policy not in RESIZE_POLICIES:
+            raise ValueError(
+                f"resize policy must be one of {RESIZE_POLICIES}, got {self.resize_policy!r}"
+            )
+        if self.image_size < 1 or self.min_side < 1 or self.max_pixels < 1:
+            raise ValueError("image size, minimum side and pixel budget must be positive")
+        if self.max_aspect_ratio < 1:
+            raise ValueError(f"max aspect ratio must be at least 1, got {self.max_aspect_ratio}")
+
+
+DEFAULT_OPTIONS = TransformOptions()
+
+# A crop box function: uint8 [H, W, 3] (as displayed) -> int32 [4] (top, left, height, width).
+CropFunction = Callable[[tf.Tensor], tf.Tensor]
+
+
+def _where(condition, yes, no) -> tf.Tensor:
+    """tf.where with Python numbers taking the dtype of the tensor beside them, else int64."""
+    tensors = [value.dtype for value in (yes, no) if isinstance(value, tf.Tensor)]
+    dtype = tensors[0] if tensors else (tf.int64 if isinstance(yes, int) else None)
+    return tf.where(condition, tf.convert_to_tensor(yes, dtype), tf.convert_to_tensor(no, dtype))
+
+
+# Reading bytes in graph. Positions are int64; reads past either end give zeros, never an error.
+
+
+def _size(data: tf.Tensor) -> tf.Tensor:
+    return tf.cast(tf.strings.length(data), tf.int64)
+
+
+def _substr(data: tf.Tensor, position, length) -> tf.Tensor:
+    """data[position : position + length] as a string, clipped to the data."""
+    size = _size(data)
+    start = tf.clip_by_value(tf.cast(position, tf.int64), 0, size)
+    return tf.strings.substr(data, start, tf.maximum(tf.cast(length, tf.int64), 0))
+
+
+def _read(data: tf.Tensor, position, count: int) -> tf.Tensor:
+    """int64 [count]: the bytes from `position`, zeros where they lie outside the data."""
+    piece = tf.cast(tf.io.decode_raw(_substr(data, position, count), tf.uint8), tf.int64)
+    inside = tf.cast(position, tf.int64) >= 0
+    piece = _where(inside, piece, tf.zeros_like(piece))
+    piece = tf.pad(piece, [[0, count - tf.size(piece)]])
+    return tf.ensure_shape(piece, [count])
+
+
+def _big_endian(values: tf.Tensor, start: int, count: int) -> tf.Tensor:
+    result = values[start]
+    for index in range(start + 1, start + count):
+        result = result * 256 + values[index]
+    return result
+
+
+def _little_endian(values: tf.Tensor, start: int, count: int) -> tf.Tensor:
+    result = values[start + count - 1]
+    for index in range(start + count - 2, start - 1, -1):
+        result = result * 256 + values[index]
+    return result
+
+
+def _equals(data: tf.Tensor, position, literal: bytes) -> tf.Tensor:
+    return tf.equal(_substr(data, position, len(literal)), literal)
+
+
+def _byte_strings() -> tf.Tensor:
+    """string [256]: the one-byte string of each value, to write bytes in graph."""
+    return tf.constant([bytes([value]) for value in range(256)])
+
+
+def _le16_string(value: tf.Tensor) -> tf.Tensor:
+    table = _byte_strings()
+    value = tf.cast(value, tf.int64)
+    return tf.strings.join([tf.gather(table, value % 256), tf.gather(table, value // 256 % 256)])
+
+
+class _Header(NamedTuple):
+    """What a format's header says. width/height as stored; orientation as applied (1..8)."""
+
+    reason: tf.Tensor  # string: "" or a reason code
+    detail: tf.Tensor  # string: what exactly, for the message
+    width: tf.Tensor  # int64
+    height: tf.Tensor  # int64
+    orientation: tf.Tensor  # int32
+    mode: tf.Tensor  # string, in Pillow's mode names
+    bits: tf.Tensor  # int32, bits per sample
+
+
+def _header(reason, detail, width, height, orientation, mode, bits) -> _Header:
+    return _Header(
+        tf.convert_to_tensor(reason, tf.string),
+        tf.convert_to_tensor(detail, tf.string),
+        tf.cast(width, tf.int64),
+        tf.cast(height, tf.int64),
+        tf.cast(orientation, tf.int32),
+        tf.convert_to_tensor(mode, tf.string),
+        tf.cast(bits, tf.int32),
+    )
+
+
+def _first_reason(*conditions) -> tuple[tf.Tensor, tf.Tensor]:
+    """(reason, detail) of the first (condition, reason, detail) that holds, else ("", "")."""
+    reason, detail = tf.constant(""), tf.constant("")
+    for condition, code, text in reversed(conditions):
+        reason = _where(condition, code, reason)
+        detail = _where(condition, text, detail)
+    return reason, detail
+
+
+# Sniffing.
+
+
+def _signature_table() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    magic = np.zeros((len(_SIGNATURES), _SNIFF_BYTES), np.int64)
+    mask = np.zeros((len(_SIGNATURES), _SNIFF_BYTES), bool)
+    formats = np.zeros(len(_SIGNATURES), np.int32)
+    for row, (name, offset, signature) in enumerate(_SIGNATURES):
+        formats[row] = _FORMAT_NAMES.index(name)
+        for index, value in enumerate(signature, start=offset):
+            magic[row, index] = value
+            mask[row, index] = (name, index) not in _MASKED
+    return magic, mask, formats
+
+
+def _sniff(data: tf.Tensor) -> tf.Tensor:
+    """int32: the index in _FORMAT_NAMES of the format the magic bytes name, -1 for none."""
+    magic, mask, formats = _signature_table()
+    head = _read(data, 0, _SNIFF_BYTES)
+    enough = _size(data) >= np.array([offset + len(sig) for _, offset, sig in _SIGNATURES])
+    matches = tf.reduce_all(tf.equal(head[tf.newaxis], magic) | ~mask, axis=1) & enough
+    first = tf.argmax(tf.cast(matches, tf.int32), output_type=tf.int32)
+    found = _where(tf.reduce_any(matches), tf.gather(formats, first), -1)
+    svg = _FORMAT_NAMES.index("svg")
+    return _where((found < 0) & _looks_like_svg(data), svg, found)
+
+
+def _looks_like_svg(data: tf.Tensor) -> tf.Tensor:
+    """SVG text: starts (after a BOM and spaces) with <svg, <?xml or <!doctype svg, has <svg."""
+    head = tf.strings.lower(_substr(data, 0, _SVG_PROBE_BYTES))
+    head = _where(tf.strings.substr(head, 0, 3) == b"\xef\xbb\xbf", _substr(head, 3, -1), head)
+    head = tf.strings.strip(head)
+    opening = tf.reduce_any(
+        [tf.equal(tf.strings.substr(head, 0, len(start)), start) for start in _SVG_STARTS]
+    )
+    return opening & (tf.size(tf.strings.split(head, b"<svg")) > 1)
+
+
+# Orientation: EXIF (a TIFF structure) first, else XMP, as Pillow's Image.getexif.
+
+
+def _tiff_orientation(data: tf.Tensor, start, length) -> tuple[tf.Tensor, tf.Tensor]:
+    """(found, value) of the Orientation tag in IFD0 of the TIFF block data[start:+length].
+
+    A leading "Exif\\0\\0" is skipped, as Pillow does. Reads outside the block find nothing.
+    """
+    skip = _where(_equals(data, start, _EXIF_HEADER), len(_EXIF_HEADER), 0)
+    start, length = start + skip, length - skip
+    head = _read(data, start, 8)
+    little = (head[0] == ord("I")) & (head[1] == ord("I"))
+    big = (head[0] == ord("M")) & (head[1] == ord("M"))
+
+    def number(values, first, count):
+        return _where(
+            little, _little_endian(values, first, count), _big_endian(values, first, count)
+        )
+
+    directory = number(head, 4, 4)
+    block = _read(data, start + directory, 2 + 12 * _MAX_IFD_ENTRIES)
+    count = tf.minimum(number(block, 0, 2), _MAX_IFD_ENTRIES)
+    entries = tf.reshape(block[2:], [_MAX_IFD_ENTRIES, 12])
+    low, high = entries[:, 0::2], entries[:, 1::2]  # byte pairs: [entries, 6]
+    shorts = _where(little, low + 256 * high, 256 * low + high)
+    tags, kinds = shorts[:, 0], shorts[:, 1]
+    values = _where(
+        kinds == 3,
+        shorts[:, 4],
+        _where(little, shorts[:, 4] + 65536 * shorts[:, 5], 65536 * shorts[:, 4] + shorts[:, 5]),
+    )
+    index = tf.range(_MAX_IFD_ENTRIES, dtype=tf.int64)
+    inside = directory + 2 + 12 * (index + 1) <= length
+    valid = (little | big) & (number(head, 2, 2) == 42) & (length >= 8)
+    short_or_long = (kinds == 3) | (kinds == 4)
+    found = valid & (index < count) & inside & (tags == _ORIENTATION_TAG) & short_or_long
+    first = tf.argmax(tf.cast(found, tf.int32))
+    return tf.reduce_any(found), tf.gather(values, first)
+
+
+def _xmp_orientation(data: tf.Tensor, start, length) -> tuple[tf.Tensor, tf.Tensor]:
+    """(found, value) of the first `tiff:Orientation="d"` or `<tiff:Orientation>d` in XMP text.
+
+    The pattern of Pillow's Image.getexif: r'tiff:Orientation(="|>)([0-9])'.
+    """
+    text = _substr(data, start, _where(start >= 0, length, 0))
+    following = tf.strings.split(text, _XMP_ORIENTATION)[1:]
+    attribute = tf.strings.substr(following, 0, 2) == b'="'
+    element = tf.strings.substr(following, 0, 1) == b">"
+    digit = _where(
+        attribute, tf.strings.substr(following, 2, 1), tf.strings.substr(following, 1, 1)
+    )
+    digits = tf.constant([str(value).encode() for value in range(10)])
+    equal = tf.equal(digit[:, tf.newaxis], digits[tf.newaxis, :])
+    found = (attribute | element) & tf.reduce_any(equal, axis=1)
+    values = tf.argmax(tf.cast(equal, tf.int32), axis=1, output_type=tf.int32)
+    # The first match; a final sentinel (value 1) keeps argmax defined without any.
+    found = tf.concat([found, [True]], axis=0)
+    values = tf.concat([values, [1]], axis=0)
+    first = tf.argmax(tf.cast(found, tf.int32))
+    return first < tf.size(found, out_type=tf.int64) - 1, tf.gather(values, first)
+
+
+def _orientation(data, exif_start, exif_length, xmp_start, xmp_length) -> tf.Tensor:
+    """int32 1..8: the EXIF tag when present, else XMP's; values outside 2..8 mean upright."""
+    exif_found, exif_value = _tiff_orientation(data, exif_start, exif_length)
+    exif_found &= exif_start >= 0
+    xmp_found, xmp_value = _xmp_orientation(data, xmp_start, xmp_length)
+    value = _where(exif_found, exif_value, _where(xmp_found, tf.cast(xmp_value, tf.int64), 1))
+    return tf.cast(_where((value >= 1) & (value <= 8), value, 1), tf.int32)
+
+
+def _orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
+    """Applies an EXIF orientation (1..8) as PIL's ImageOps.exif_transpose does."""
+
+    def transpose():
+        return tf.transpose(image, [1, 0, 2])
+
+    branches = [
+        lambda: image,
+        lambda: tf.reverse(image, [1]),  # 2: mirror left-right
+        lambda: tf.reverse(image, [0, 1]),  # 3: rotate 180
+        lambda: tf.reverse(image, [0]),  # 4: mirror top-bottom
+        transpose,  # 5: transpose
+        lambda: tf.reverse(transpose(), [1]),  # 6: rotate 90 clockwise (PIL ROTATE_270)
+        lambda: tf.reverse(transpose(), [0, 1]),  # 7: transverse
+        lambda: tf.reverse(transpose(), [0]),  # 8: rotate 90 counter-clockwise (ROTATE_90)
+    ]
+    return tf.switch_case(orientation - 1, branches)
+
+
+# Sample conversions: the module docstring's rules.
+
+
+def _to_8_bits(values: tf.Tensor) -> tf.Tensor:
+    """uint16 samples -> uint8, nearest: (v + 128) // 257."""
+    return tf.cast((tf.cast(values, tf.int32) + 128) // 257, tf.uint8)
+
+
+def _composite_on_white(rgba: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, 4] -> uint8 [H, W, 3]: 255 - round((255 - c) * a / 255)."""
+    colour = tf.cast(rgba[..., :3], tf.uint16)
+    alpha = tf.cast(rgba[..., 3:], tf.uint16)
+    covered = ((255 - colour) * alpha + 127) // 255
+    return tf.cast(255 - covered, tf.uint8)
+
+
+def _rgb_or_composite(image: tf.Tensor) -> tf.Tensor:
+    """uint8 [H, W, 3 or 4] -> uint8 [H, W, 3], compositing a fourth (alpha) channel."""
+    return tf.cond(
+        tf.shape(image)[2] == 4,
+        lambda: _composite_on_white(image),
+        lambda: tf.ensure_shape(image[..., :3], [None, None, 3]),
+    )
+
+
+# JPEG: walk the segments to the first scan (SOF, EXIF and XMP), decode with libjpeg's ISLOW.
+
+_JPEG_FRAMES = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
+_JPEG_DECODED_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman
+_JPEG_STANDALONE = (0x01, *range(0xD0, 0xD9))  # TEM, RSTn, SOI
+
+
+def _jpeg_segments(data: tf.Tensor):
+    """Walks from SOI to SOS: (bad, frame, exif, xmp) positions, -1 where absent.
+
+    frame: the first start-of-frame marker; exif: the first APP1 "Exif" segment's payload
+    (as Pillow reads it; later ones only add data); xmp: the last APP1 XMP packet's.
+    """
+    size = _size(data)
+    minus = tf.constant(-1, tf.int64)
+
+    def body(steps, position, done, bad, frame, exif, exif_length, xmp, xmp_length):
+        head = _read(data, position, 4)
+        marker, length = head[1], head[2] * 256 + head[3]
+        fill = marker == 0xFF
+        standalone = tf.reduce_any(tf.equal(marker, _JPEG_STANDALONE))
+        scan = marker == 0xDA
+        segment = ~fill & ~standalone & ~scan
+        bad = (
+            (head[0] != 0xFF)
+            | (marker == 0xD9)
+            | (marker == 0x00)
+            | (segment & (length < 2))
+            | (position + 4 > size)
+        )
+        is_frame = segment & tf.reduce_any(tf.equal(marker, _JPEG_FRAMES)) & (frame < 0)
+        frame = _where(is_frame & ~bad, position, frame)
+        app1 = segment & (marker == 0xE1)
+        is_exif = app1 & _equals(data, position + 4, _EXIF_HEADER) & (exif < 0)
+        exif = _where(is_exif, position + 4 + len(_EXIF_HEADER), exif)
+        exif_length = _where(is_exif, length - 2 - len(_EXIF_HEADER), exif_length)
+        is_xmp = app1 & _equals(data, position + 4, _XMP_JPEG_HEADER)
+        xmp = _where(is_xmp, position + 4 + len(_XMP_JPEG_HEADER), xmp)
+        xmp_length = _where(is_xmp, length - 2 - len(_XMP_JPEG_HEADER), xmp_length)
+        step = _where(fill, 1, _where(standalone | scan, 2, 2 + length))
+        done = scan & ~bad
+        return steps + 1, position + step, done, bad, frame, exif, exif_length, xmp, xmp_length
+
+    def unfinished(steps, position, done, bad, *_):
+        return ~done & ~bad & (steps < _MAX_JPEG_SEGMENTS)
+
+    start = [tf.constant(0), tf.constant(2, tf.int64), False, False]
+    _, _, done, bad, frame, exif, exif_length, xmp, xmp_length = tf.while_loop(
+        unfinished, body, start + [minus, minus, minus, minus, minus]
+    )
+    return bad | ~done, frame, exif, exif_length, xmp, xmp_length
+
+
+def _jpeg(data: tf.Tensor):
+    bad, frame_position, exif, exif_length, xmp, xmp_length = _jpeg_segments(data)
+    frame = _read(data, frame_position, 10)
+    marker, precision, components = frame[1], frame[4], frame[9]
+    height, width = _big_endian(frame, 5, 2), _big_endian(frame, 7, 2)
+    decoded_frame = tf.reduce_any(tf.equal(marker, _JPEG_DECODED_FRAMES))
+    reason, detail = _first_reason(
+        (bad | (frame_position < 0), CORRUPT, "the JPEG markers do not lead to an image"),
+        (~decoded_frame, UNSUPPORTED_FORMAT, "lossless, hierarchical or arithmetic-coded JPEG"),
+        (precision != 8, UNSUPPORTED_FORMAT, "a JPEG of other than 8 bits per sample"),
+        (
+            ~tf.reduce_any(tf.equal(components, [1, 3, 4])),
+            UNSUPPORTED_FORMAT,
+            "a JPEG with other than 1, 3 or 4 components",
+        ),
+    )
+    orientation = _orientation(data, exif, exif_length, xmp, xmp_length)
+    mode = tf.gather(tf.constant(["", "L", "", "RGB", "CMYK"]), tf.clip_by_value(components, 0, 4))
+    header = _header(reason, detail, width, height, orientation, mode, 8)
+
+    def decode():
+        # INTEGER_ACCURATE is libjpeg's ISLOW DCT, Pillow's too: identical pixels. CMYK and YCCK
+        # (Adobe) are converted by TensorFlow's decoder as Pillow's convert("RGB") does.
+        image = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+        return _orient(image, orientation)
+
+    return header, decode
+
+
+# PNG: walk the chunks to IEND (IHDR, tRNS, eXIf, XMP in iTXt), decode with libpng.
+
+_PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
+
+
+def _png_chunks(data: tf.Tensor):
+    """(bad, ended, transparency, exif, exif_length, xmp, xmp_length) from a walk of the chunks.
+
+    Metadata as Pillow keeps it: the last eXIf, the last uncompressed XMP iTXt.
+    """
+    size = _size(data)
+    minus = tf.constant(-1, tf.int64)
+
+    def body(steps, position, ended, bad, transparency, exif, exif_length, xmp, xmp_length):
+        head = _read(data, position, 8)
+        length = _big_endian(head, 0, 4)
+        kind = _substr(data, position + 4, 4)
+        bad = position + 12 + length > size
+        ended = (kind == b"IEND") & ~bad
+        transparency |= kind == b"tRNS"
+        is_exif = (kind == b"eXIf") & ~bad
+        exif = _where(is_exif, position + 8, exif)
+        exif_length = _where(is_exif, length, exif_length)
+        is_xmp = (kind == b"iTXt") & _equals(data, position + 8, _XMP_PNG_KEYWORD) & ~bad
+        is_xmp &= _read(data, position + 8 + len(_XMP_PNG_KEYWORD), 1)[0] == 0  # uncompressed
+        xmp = _where(is_xmp, position, xmp)
+        xmp_length = _where(is_xmp, length, xmp_length)
+        return (
+            steps + 1,
+            position + 12 + length,
+            ended,
+            bad,
+            transparency,
+            exif,
+            exif_length,
+            xmp,
+            xmp_length,
+        )
+
+    def unfinished(steps, position, ended, bad, *_):
+        return ~ended & ~bad & (steps < _MAX_PNG_CHUNKS) & (position < size)
+
+    start = [tf.constant(0), tf.constant(8, tf.int64), False, False, False]
+    steps, position, ended, bad, transparency, exif, exif_length, xmp, xmp_length = tf.while_loop(
+        unfinished, body, start + [minus, minus, minus, minus]
+    )
+    capped = steps >= _MAX_PNG_CHUNKS
+    # The XMP text of an iTXt chunk follows: keyword NUL, 2 flag bytes, language NUL, key NUL.
+    payload = _substr(
+        data, xmp + 8 + len(_XMP_PNG_KEYWORD) + 2, xmp_length - len(_XMP_PNG_KEYWORD) - 2
+    )
+    parts = tf.strings.split(payload, b"\0", maxsplit=2)
+    has_text = (xmp >= 0) & (tf.size(parts) == 3)
+    text_length = tf.cast(tf.strings.length(parts[-1]), tf.int64)
+    text_start = xmp + 8 + xmp_length - text_length
+    xmp = _where(has_text, text_start, minus)
+    return bad, ended | capped, transparency, exif, exif_length, xmp, text_length
+
+
+# The bit depths the PNG specification allows for each colour type.
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+_PNG_PAIRS = tuple((colour, depth) for colour, depths in _PNG_DEPTHS.items() for depth in depths)
+
+
+def _png(data: tf.Tensor):
+    ihdr = _read(data, 8, 21)
+    width, height = _big_endian(ihdr, 8, 4), _big_endian(ihdr, 12, 4)
+    depth, colour = ihdr[16], ihdr[17]
+    pair = tf.stack([colour, depth])
+    allowed = tf.reduce_any(tf.reduce_all(tf.equal(pair, _PNG_PAIRS), axis=1))
+    bad, ended, transparency, exif, exif_length, xmp, xmp_length = _png_chunks(data)
+    reason, detail = _first_reason(
+        (
+            (_big_endian(ihdr, 0, 4) != 13) | ~_equals(data, 12, b"IHDR") | ~allowed,
+            CORRUPT,
+            "the PNG does not start with a valid IHDR chunk",
+        ),
+        (bad | ~ended, CORRUPT, "the PNG's chunks stop before IEND"),
+    )
+    orientation = _orientation(data, exif, exif_length, xmp, xmp_length)
+    mode = tf.gather(
+        [_PNG_MODES.get(code, "") for code in range(7)], tf.clip_by_value(colour, 0, 6)
+    )
+    mode = _where((colour == 0) & (depth == 1), "1", mode)
+    mode = _where((colour == 0) & (depth == 16), "I;16", mode)
+    header = _header(reason, detail, width, height, orientation, mode, depth)
+    alpha = (colour == 4) | (colour == 6) | transparency
+
+    def decode():
+        def wide():  # 16 bits per sample: the nearest 8-bit value, then compositing
+            return tf.cond(
+                alpha,
+                lambda: _composite_on_white(_to_8_bits(tf.io.decode_png(data, 4, tf.uint16))),
+                lambda: _to_8_bits(tf.io.decode_png(data, 3, tf.uint16)),
+            )
+
+        def narrow():
+            return tf.cond(
+                alpha,
+                lambda: _composite_on_white(tf.io.decode_png(data, 4)),
+                lambda: tf.io.decode_png(data, 3),
+            )
+
+        image = tf.ensure_shape(tf.cond(depth == 16, wide, narrow), [None, None, 3])
+        return _orient(image, orientation)
+
+    return header, decode
+
+
+# GIF: walk the blocks to the end of the first image, rebuild it as a one-frame GIF.
+
+
+def _gif_first_image(data: tf.Tensor):
+    """(complete, transparency, descriptor, data_start, data_end) of the first image.
+
+    transparency: the index of the last Graphics Control Extension before the image that sets
+    one (as Pillow), -1 if none; descriptor: the image descriptor's position; data: its LZW
+    code size byte through the block terminator. Phases: 0 between blocks, 1 in an
+    extension's sub-blocks, 2 in the image's.
+    """
+    size = _size(data)
+    screen = _read(data, 10, 1)[0]
+    table = _where(
+        screen & 0x80 != 0, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), screen & 7), 0
+    )
+    minus = tf.constant(-1, tf.int64)
+
+    def body(steps, position, phase, done, bad, transparency, descriptor, start):
+        head = _read(data, position, 10)
+        between = phase == 0
+        extension = between & (head[0] == 0x21)
+        image = between & (head[0] == 0x2C)
+        control = extension & (head[1] == 0xF9) & (head[2] >= 4) & (head[3] & 1 == 1)
+        transparency = _where(control, head[6], transparency)
+        flags = head[9]
+        local = _where(
+            flags & 0x80 != 0, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags & 7), 0
+        )
+        descriptor = _where(image, position, descriptor)
+        start = _where(image, position + 10 + local, start)
+        terminator = ~between & (head[0] == 0)
+        position = _where(
+            extension,
+            position + 2,
+            _where(image, position + 11 + local, _where(between, position, position + 1 + head[0])),
+        )
+        done = terminator & (phase == 2)
+        phase = _where(extension, 1, _where(image, 2, _where(terminator, 0, phase)))
+        bad = (position > size) | (between & ~extension & ~image)
+        return steps + 1, position, phase, done, bad, transparency, descriptor, start
+
+    def unfinished(steps, position, phase, done, bad, *_):
+        return ~done & ~bad & (steps < _MAX_GIF_BLOCKS)
+
+    start = [
+        tf.constant(0),
+        13 + table,
+        tf.constant(0, tf.int64),
+        False,
+        False,
+        minus,
+        minus,
+        minus,
+    ]
+    _, end, _, done, bad, transparency, descriptor, start = tf.while_loop(unfinished, body, start)
+    return done & ~bad, transparency, descriptor, start, end
+
+
+def _gif(data: tf.Tensor):
+    screen = _read(data, 6, 7)
+    screen_width, screen_height = _little_endian(screen, 0, 2), _little_endian(screen, 2, 2)
+    global_table = screen[4] & 0x80 != 0
+    global_size = _where(
+        global_table, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), screen[4] & 7), 0
+    )
+    complete, transparency, descriptor_position, start, end = _gif_first_image(data)
+    descriptor = _read(data, descriptor_position, 10)
+    left, top = _little_endian(descriptor, 1, 2), _little_endian(descriptor, 3, 2)
+    frame_width, frame_height = _little_endian(descriptor, 5, 2), _little_endian(descriptor, 7, 2)
+    local_table = descriptor[9] & 0x80 != 0
+    local_size = _where(
+        local_table, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), descriptor[9] & 7), 0
+    )
+    # Pillow's canvas: the logical screen, grown to hold the first frame.
+    width = tf.maximum(screen_width, left + frame_width)
+    height = tf.maximum(screen_height, top + frame_height)
+    reason, detail = _first_reason(
+        (~complete, CORRUPT, "the GIF stops before the end of its first image"),
+        (~global_table & ~local_table, CORRUPT, "the GIF's first image has no colour table"),
+        ((frame_width == 0) | (frame_height == 0), CORRUPT, "the GIF's first image is empty"),
+    )
+    header = _header(reason, detail, width, height, 1, "P", 8)
+
+    def decode():
+        table_start = _where(local_table, descriptor_position + 10, 13)
+        table_size = _where(local_table, local_size, global_size)
+        transparent = (transparency >= 0) & (3 * transparency < table_size)
+
+        def table(position, length, used):
+            original = _substr(data, position, length)
+            white = tf.strings.join(
+                [
+                    _substr(original, 0, 3 * tf.maximum(transparency, 0)),
+                    b"\xff\xff\xff",
+                    _substr(original, 3 * transparency + 3, length),
+                ]
+            )
+            return _where(used & transparent, white, original)
+
+        rebuilt = tf.strings.join(
+            [
+                _substr(data, 0, 6),
+                _le16_string(frame_width),
+                _le16_string(frame_height),
+                _substr(data, 10, 3),
+                table(13, global_size, ~local_table),
+                b",\0\0\0\0",
+                _substr(data, descriptor_position + 5, 5),
+                table(descriptor_position + 10, local_size, local_table),
+                _substr(data, start, end - start),
+                b";",
+            ]
+        )
+        frame = tf.io.decode_gif(rebuilt)[0]
+        entry_zero = tf.cast(_read(data, table_start, 3), tf.uint8)
+        fill = _where(transparency >= 0, tf.constant([255, 255, 255], tf.uint8), entry_zero)
+        paddings = [[top, height - top - frame_height], [left, width - left - frame_width], [0, 0]]
+        covered = tf.pad(tf.ones([frame_height, frame_width, 1], tf.bool), paddings)
+        return _where(covered, tf.pad(frame, paddings), fill)
+
+    return header, decode
+
+
+# BMP: the header, then the rows decoded in graph (palette, 24 and 32 bits, Pillow's masks).
+
+# 32-bit BI_BITFIELDS masks Pillow decodes (red, green, blue, alpha) -> byte of each channel.
+_BMP_MASKS = (
+    ((0xFF0000, 0xFF00, 0xFF, 0x0), (2, 1, 0, -1)),
+    ((0xFF000000, 0xFF0000, 0xFF00, 0x0), (3, 2, 1, -1)),
+    ((0xFF000000, 0xFF00, 0xFF, 0x0), (3, 1, 0, -1)),
+    ((0xFF000000, 0xFF0000, 0xFF00, 0xFF), (3, 2, 1, 0)),
+    ((0xFF, 0xFF00, 0xFF0000, 0xFF000000), (0, 1, 2, 3)),
+    ((0xFF0000, 0xFF00, 0xFF, 0xFF000000), (2, 1, 0, 3)),
+    ((0xFF000000, 0xFF00, 0xFF, 0xFF0000), (3, 1, 0, 2)),
+    ((0x0, 0x0, 0x0, 0x0), (2, 1, 0, 3)),
+)
+_BI_RGB, _BI_RLE8, _BI_RLE4, _BI_BITFIELDS = 0, 1, 2, 3
+
+
+def _bmp(data: tf.Tensor):
+    head = _read(data, 0, 70)
+    offset, header_size = _little_endian(head, 10, 4), _little_endian(head, 14, 4)
+    core = header_size == 12  # OS/2 BITMAPCOREHEADER: 16-bit sizes, 3-byte palette entries
+    width = _where(core, _little_endian(head, 18, 2), _little_endian(head, 18, 4))
+    stored_height = _where(core, _little_endian(head, 20, 2), _little_endian(head, 22, 4))
+    top_down = ~core & (head[25] == 0xFF)
+    height = _where(top_down, 2**32 - stored_height, stored_height)
+    bits = _where(core, _little_endian(head, 24, 2), _little_endian(head, 28, 2))
+    compression = _where(core, _BI_RGB, _little_endian(head, 30, 4))
+    colours = _where(core, 0, _little_endian(head, 46, 4))
+    colours = _where(
+        colours == 0, tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.minimum(bits, 32)), colours
+    )
+    masks = tf.stack([_little_endian(head, 54 + 4 * index, 4) for index in range(4)])
+    masks = _where(tf.range(4, dtype=tf.int64) < _where(header_size >= 56, 4, 3), masks, 0)
+    mask_table = tf.constant([mask for mask, _ in _BMP_MASKS], tf.int64)
+    mask_match = tf.reduce_all(tf.equal(mask_table, masks), axis=1)
+    layout = tf.gather(
+        tf.constant([bytes_ for _, bytes_ in _BMP_MASKS] + [(2, 1, 0, -1)], tf.int64),
+        _where(
+            (compression == _BI_BITFIELDS) & tf.reduce_any(mask_match),
+            tf.argmax(tf.cast(mask_match, tf.int32), output_type=tf.int64),
+            len(_BMP_MASKS),
+        ),
+    )
+    palette = (bits == 1) | (bits == 4) | (bits == 8)
+    palette_start = 14 + header_size
+    entry = _where(core, 3, 4)
+    # Pillow: a pixel offset pointing right after the header skips the palette.
+    offset = _where(palette & (offset == palette_start), offset + entry * colours, offset)
+    stride = tf.bitwise.bitwise_and(tf.bitwise.right_shift(width * bits + 31, 3), ~3)
+    needed = offset + stride * (height - 1) + (width * bits + 7) // 8
+    bgr_masks = tf.reduce_all(tf.equal(masks[:3], [0xFF0000, 0xFF00, 0xFF]))
+    reason, detail = _first_reason(
+        ((width >= 2**31) | (height >= 2**31), CORRUPT, "the BMP header gives a negative size"),
+        (bits == 16, UNSUPPORTED_FORMAT, "a 16-bit BMP"),
+        (
+            (compression == _BI_RLE8) | (compression == _BI_RLE4),
+            UNSUPPORTED_FORMAT,
+            "an RLE-compressed BMP",
+        ),
+        (
+            ~((compression == _BI_RGB) | (compression == _BI_BITFIELDS)),
+            UNSUPPORTED_FORMAT,
+            "a BMP compressed other than RLE (JPEG, PNG, ...)",
+        ),
+        (
+            ~palette & (bits != 24) & (bits != 32),
+            UNSUPPORTED_FORMAT,
+            "a BMP of other than 1, 4, 8, 24 or 32 bits per pixel",
+        ),
+        (
+            (compression == _BI_BITFIELDS)
+            & (palette | ((bits == 24) & ~bgr_masks) | ((bits == 32) & ~tf.reduce_any(mask_match))),
+            UNSUPPORTED_FORMAT,
+            "a BMP with bit fields other than Pillow's",
+        ),
+        (palette & (colours > 65536), CORRUPT, "the BMP palette is too large"),
+        (
+            (width > 0) & (height > 0) & (needed > _size(data)),
+            CORRUPT,
+            "the BMP pixel rows are cut short",
+        ),
+    )
+    alpha = (bits == 32) & (layout[3] >= 0)
+    mode = _where(palette, "P", _where(alpha, "RGBA", "RGB"))
+    header = _header(reason, detail, width, height, 1, mode, bits)
+
+    def decode():
+        rows = tf.io.decode_raw(_substr(data, offset, stride * height), tf.uint8)
+        rows = tf.pad(rows, [[0, stride * height - tf.cast(tf.size(rows), tf.int64)]])
+        rows = tf.reshape(rows, tf.stack([height, stride]))
+        rows = tf.cond(top_down, lambda: rows, lambda: tf.reverse(rows, [0]))
+
+        def indexed():
+            per_byte = 8 // bits
+            shifts = tf.cast(8 - bits * tf.range(1, per_byte + 1), tf.uint8)
+            values = tf.bitwise.right_shift(rows[:, :, tf.newaxis], shifts)
+            values = tf.bitwise.bitwise_and(
+                values, tf.cast(tf.bitwise.left_shift(1, tf.cast(bits, tf.int32)) - 1, tf.uint8)
+            )
+            indices = tf.reshape(values, tf.stack([height, stride * per_byte]))[:, :width]
+            table = tf.io.decode_raw(
+                _substr(data, palette_start, entry * tf.minimum(colours, 256)), tf.uint8
+            )
+            table = tf.pad(table, [[0, 4 * 256 - tf.cast(tf.size(table), tf.int64)]])
+            table = tf.reshape(table[: entry * 256], tf.stack([256, entry]))
+            return tf.gather(tf.gather(table, [2, 1, 0], axis=1), tf.cast(indices, tf.int32))
+
+        def packed():
+            channels = bits // 8
+            pixels = tf.reshape(rows[:, : width * channels], tf.stack([height, width, channels]))
+            order = _where(bits == 24, tf.constant([2, 1, 0, -1], tf.int64), layout)
+            colour = tf.gather(pixels, order[:3], axis=2)
+            return tf.cond(
+                order[3] >= 0,
+                lambda: _composite_on_white(
+                    tf.concat([colour, tf.gather(pixels, order[3:], axis=2)], 2)
+                ),
+                lambda: colour,
+            )
+
+        return tf.ensure_shape(tf.cond(palette, indexed, packed), [None, None, 3])
+
+    return header, decode
+
+
+# WebP: walk the RIFF chunks (VP8X, VP8, VP8L, EXIF, XMP), decode a still image with libwebp.
+
+
+def _webp(data: tf.Tensor):
+    size = _size(data)
+    minus = tf.constant(-1, tf.int64)
+    riff_end = tf.minimum(_little_endian(_read(data, 4, 4), 0, 4) + 8, size)
+
+    def body(steps, position, bad, stream, exif, exif_length, xmp, xmp_length, animated):
+        head = _read(data, position, 8)
+        kind = _substr(data, position, 4)
+        length = _little_endian(head, 4, 4)
+        bad = position + 8 + length > size
+        first = lambda found, current: found & ~bad & (current < 0)  # noqa: E731
+        is_stream = first((kind == b"VP8 ") | (kind == b"VP8L"), stream)
+        stream = _where(is_stream, position, stream)
+        is_exif = first(kind == b"EXIF", exif)
+        exif = _where(is_exif, position + 8, exif)
+        exif_length = _where(is_exif, length, exif_length)
+        is_xmp = first(kind == b"XMP ", xmp)
+        xmp = _where(is_xmp, position + 8, xmp)
+        xmp_length = _where(is_xmp, length, xmp_length)
+        animated |= (kind == b"ANIM") | (kind == b"ANMF")
+        next_position = position + 8 + length + length % 2
+        return steps + 1, next_position, bad, stream, exif, exif_length, xmp, xmp_length, animated
+
+    def unfinished(steps, position, bad, *_):
+        return ~bad & (position + 8 <= riff_end) & (steps < _MAX_WEBP_CHUNKS)
+
+    start = [
+        tf.constant(0),
+        tf.constant(12, tf.int64),
+        False,
+        minus,
+        minus,
+        minus,
+        minus,
+        minus,
+        False,
+    ]
+    _, _, bad, stream, exif, exif_length, xmp, xmp_length, animated = tf.while_loop(
+        unfinished, body, start
+    )
+    extended = _equals(data, 12, b"VP8X")
+    vp8x = _read(data, 20, 10)
+    flags = vp8x[0]
+    canvas_width = _little_endian(vp8x, 4, 3) + 1
+    canvas_height = _little_endian(vp8x, 7, 3) + 1
+    lossless = _equals(data, stream, b"VP8L")
+    bitstream = _read(data, stream + 8, 10)
+    vp8_width = tf.bitwise.bitwise_and(_little_endian(bitstream, 6, 2), 0x3FFF)
+    vp8_height = tf.bitwise.bitwise_and(_little_endian(bitstream, 8, 2), 0x3FFF)
+    vp8_ok = (bitstream[0] & 1 == 0) & tf.reduce_all(tf.equal(bitstream[3:6], [0x9D, 0x01, 0x2A]))
+    vp8l_bits = _little_endian(bitstream, 1, 4)
+    vp8l_width = (vp8l_bits & 0x3FFF) + 1
+    vp8l_height = (tf.bitwise.right_shift(vp8l_bits, 14) & 0x3FFF) + 1
+    vp8l_ok = (bitstream[0] == 0x2F) & (tf.bitwise.right_shift(vp8l_bits, 29) == 0)
+    stream_width = _where(lossless, vp8l_width, vp8_width)
+    stream_height = _where(lossless, vp8l_height, vp8_height)
+    width = _where(extended, canvas_width, stream_width)
+    height = _where(extended, canvas_height, stream_height)
+    animated |= extended & (flags & 0x02 != 0)
+    reason, detail = _first_reason(
+        (animated, UNSUPPORTED_FORMAT, "an animated WebP"),
+        (bad | (stream < 0), CORRUPT, "the WebP chunks are cut short or hold no image"),
+        (~_where(lossless, vp8l_ok, vp8_ok), CORRUPT, "the WebP bitstream header is damaged"),
+        (
+            extended & ((canvas_width != stream_width) | (canvas_height != stream_height)),
+            CORRUPT,
+            "the WebP canvas and its image differ in size",
+        ),
+    )
+    alpha = _where(
+        extended, flags & 0x10 != 0, lossless & (tf.bitwise.right_shift(vp8l_bits, 28) & 1 == 1)
+    )
+    orientation = _orientation(data, exif, exif_length, xmp, xmp_length)
+    header = _header(reason, detail, width, height, orientation, _where(alpha, "RGBA", "RGB"), 8)
+
+    def decode():
+        # channels=0: the file's own count (3, or 4 with alpha); never used for animations.
+        image = _rgb_or_composite(tf.io.decode_webp(data)[0])
+        return _orient(image, orientation)
+
+    return header, decode
+
+
+def _refused(format_index: tf.Tensor):
+    """The header of anything not decoded here: empty, not an image, or a refused format."""
+
+    def parse(data: tf.Tensor):
+        empty = _size(data) == 0
+        name = tf.gather(_FORMAT_NAMES, tf.maximum(format_index, 0))
+        reason = _where(empty, EMPTY, _where(format_index < 0, NOT_AN_IMAGE, UNSUPPORTED_FORMAT))
+        detail = _where(format_index < 0, "", name)
+        header = _header(reason, detail, 0, 0, 1, "", 0)
+        return header, _no_pixels
+
+    return parse
+
+
+def _no_pixels() -> tf.Tensor:
+    return tf.fill([_NO_PIXELS_SIDE, _NO_PIXELS_SIDE, 3], tf.constant(255, tf.uint8))
+
+
+# Budgets, facts and messages.
+
+
+def _checked(header: _Header, options: TransformOptions) -> _Header:
+    """The header with the size budgets applied (from the header alone: nothing decoded)."""
+    width, height = header.width, header.height
+    short, long = tf.minimum(width, height), tf.maximum(width, height)
+    ratio = tf.cast(long, tf.float64) / tf.cast(tf.maximum(short, 1), tf.float64)
+    reason, detail = _first_reason(
+        (header.reason != "", header.reason, header.detail),
+        ((width <= 0) | (height <= 0), CORRUPT, "the header gives an empty image"),
+        (
+            width * height > options.max_pixels,
+            TOO_LARGE,
+            f"the budget is {options.max_pixels} pixels",
+        ),
+        (short < options.min_side, TOO_SMALL, f"the minimum is {options.min_side} pixels"),
+        (
+            ratio > options.max_aspect_ratio,
+            EXTREME_ASPECT,
+            f"the limit is {options.max_aspect_ratio}",
+        ),
+    )
+    return header._replace(reason=reason, detail=detail)
+
+
+def _facts(format_name, header: _Header) -> dict[str, tf.Tensor]:
+    """The header facts a caller sees: width and height as displayed (after orientation)."""
+    turned = header.orientation >= 5
+    return {
+        "reason": header.reason,
+        "detail": header.detail,
+        "format": tf.convert_to_tensor(format_name, tf.string),
+        "width": _where(turned, header.height, header.width),
+        "height": _where(turned, header.width, header.height),
+        "orientation": header.orientation,
+        "mode": header.mode,
+        "bits": header.bits,
+    }
+
+
+def _message(facts: dict[str, tf.Tensor]) -> tf.Tensor:
+    """One bounded line: "<reason>: <sentence>[: <detail>][ (<w>x<h> pixels)]"."""
+    codes = tf.constant(list(REASONS))
+    sentence = tf.gather(
+        list(REASONS.values()), tf.argmax(tf.cast(tf.equal(codes, facts["reason"]), tf.int32))
+    )
+    detail = _where(facts["detail"] != "", tf.strings.join([": ", facts["detail"]]), "")
+    sized = (facts["width"] > 0) & (facts["height"] > 0)
+    dimensions = tf.strings.join(
+        [
+            " (",
+            tf.strings.as_string(facts["width"]),
+            "x",
+            tf.strings.as_string(facts["height"]),
+            " pixels)",
+        ]
+    )
+    return tf.strings.join([facts["reason"], ": ", sentence, detail, _where(sized, dimensions, "")])
+
+
+# Crop box and resize policy.
+
+
+def crop(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
+    """The part of an image inside a box: the seam for a face detector, before the resize.
+
+    Args:
+      image: uint8 [H, W, 3].
+      box: int32 [4], (top, left, height, width) in the image's pixels, clipped to it; a box
+        with no area (height or width <= 0) keeps the whole image.
+
+    Returns:
+      uint8 [h, w, 3].
+    """
+    shape = tf.shape(image, out_type=tf.int32)
+    box = tf.cast(box, tf.int32)
+    top = tf.clip_by_value(box[0], 0, shape[0] - 1)
+    left = tf.clip_by_value(box[1], 0, shape[1] - 1)
+    height = tf.clip_by_value(box[2], 0, shape[0] - top)
+    width = tf.clip_by_value(box[3], 0, shape[1] - left)
+    whole = (box[2] <= 0) | (box[3] <= 0)
+    begin = _where(whole, [0, 0, 0], tf.stack([top, left, 0]))
+    size = _where(whole, shape, tf.stack([height, width, 3]))
+    return tf.slice(image, begin, size)
+
+
+def _area(image: tf.Tensor, height, width) -> tf.Tensor:
+    resized = tf.image.resize(image, tf.stack([height, width]), method="area")
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def resize(image: tf.Tensor, options: TransformOptions = DEFAULT_OPTIONS) -> tf.Tensor:
+    """An RGB image of any size to uint8 [S, S, 3] by the options' resize policy.
+
+    Area averaging (tf.image.resize(method="area")), rounded half to even and clipped. `crop`
+    cuts the centre square first; `pad` fits the long side to S, rounds the short side half up
+    (at least 1 pixel) and centres the result on black, offsets rounded down.
+
+    Args:
+      image: uint8 [H, W, 3], H and W at least 1.
+      options: image_size (S) and resize_policy.
+
+    Returns:
+      uint8 [S, S, 3].
+    """
+    side = options.image_size
+    shape = tf.shape(image, out_type=tf.int64)
+    height, width = shape[0], shape[1]
+    if options.resize_policy == "crop":
+        short = tf.minimum(height, width)
+        top, left = (height - short) // 2, (width - short) // 2
+        image = tf.slice(image, tf.stack([top, left, 0]), tf.stack([short, short, 3]))
+    if options.resize_policy != "pad":
+        return tf.ensure_shape(_area(image, side, side), [side, side, 3])
+    long = tf.maximum(height, width)
+    new_height = tf.maximum((2 * height * side + long) // (2 * long), 1)
+    new_width = tf.maximum((2 * width * side + long) // (2 * long), 1)
+    resized = _area(image, new_height, new_width)
+    top, left = (side - new_height) // 2, (side - new_width) // 2
+    paddings = [[top, side - new_height - top], [left, side - new_width - left], [0, 0]]
+    return tf.ensure_shape(tf.pad(resized, paddings), [side, side, 3])
+
+
+# The graph: sniff, header, checks, decode, crop, resize.
+
+_PARSERS = (_jpeg, _png, _gif, _bmp, _webp)
+
+
+def _analyse(image_bytes, options: TransformOptions, stage: str):
+    """Sniff, header, checks, decode. stage "inspect": facts; "status": (facts, image), the
+    image decoded only for an accepted file; "raise": (facts, image) after asserting that the
+    file is accepted. The image is uint8 [H, W, 3] as displayed."""
+    data = tf.ensure_shape(tf.convert_to_tensor(image_bytes, tf.string), [])
+    format_index = _sniff(data)
+
+    def branch(parse, name):
+        def run():
+            header, decode = parse(data)
+            facts = _facts(name, _checked(header, options))
+            if stage == "inspect":
+                return facts
+            accepted = tf.equal(facts["reason"], "")
+            if stage == "raise":
+                with tf.control_dependencies([tf.debugging.Assert(accepted, [_message(facts)])]):
+                    image = tf.identity(decode())
+            else:
+                image = tf.cond(accepted, decode, _no_pixels)
+            return facts, tf.ensure_shape(image, [None, None, 3])
+
+        return run
+
+    refused_name = _where(
+        format_index < 0, "", tf.gather(_FORMAT_NAMES, tf.maximum(format_index, 0))
+    )
+    branches = [branch(parse, name) for parse, name in zip(_PARSERS, ACCEPTED_FORMATS, strict=True)]
+    branches.append(branch(_refused(format_index), refused_name))
+    accepted_index = (format_index >= 0) & (format_index < len(_PARSERS))
+    return tf.switch_case(_where(accepted_index, format_index, len(_PARSERS)), branches)
+
+
+def _finish(image: tf.Tensor, options: TransformOptions, crop_fn: CropFunction | None):
+    if crop_fn is not None:
+        image = crop(image, crop_fn(image))
+    return resize(image, options)
+
+
+def inspect(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> dict[str, tf.Tensor]:
+    """The header facts of one encoded image, read in graph; decodes nothing, never raises.
+
+    Args:
+      image_bytes: scalar tf.string, the file's bytes.
+      options: the budgets to check.
+
+    Returns:
+      {"reason": string ("" if the file would be transformed, else a code of REASONS),
+       "detail": string (what exactly was refused, e.g. "an animated WebP"),
+       "format": string (one of ACCEPTED_FORMATS or a refused format; "" if none),
+       "width", "height": int64 pixels as displayed (after orientation; 0 if unknown),
+       "orientation": int32 1..8 (the EXIF/XMP orientation applied),
+       "mode": string (Pillow's mode names: "RGB", "L", "P", "RGBA", "CMYK", "I;16", ...),
+       "bits": int32 bits per sample (or per pixel for BMP)}.
+    """
+    return _analyse(image_bytes, options, "inspect")
+
+
+def decode(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> tf.Tensor:
+    """One encoded image decoded as displayed: what `transform` resizes (and a detector sees).
+
+    Oriented, transparency composited on white, 8-bit RGB; checked as `transform` checks.
+
+    Args:
+      image_bytes: scalar tf.string, the file's bytes.
+      options: the budgets to check (image_size and resize_policy play no part).
+
+    Returns:
+      uint8 [H, W, 3], H and W as displayed.
+
+    Raises:
+      tf.errors.InvalidArgumentError: as `transform`.
+    """
+    _, image = _analyse(image_bytes, options, "raise")
+    return image
+
+
+def transform(
+    image_bytes, options: TransformOptions = DEFAULT_OPTIONS, crop_fn: CropFunction | None = None
+) -> tf.Tensor:
+    """One encoded image to the pixels a model sees: the transform, in TensorFlow ops.
+
+    Works eagerly, in tf.function, in tf.map_fn and in a SavedModel (no py_function).
+
+    Args:
+      image_bytes: scalar tf.string, the file's bytes (format sniffed from the content).
+      options: TransformOptions.
+      crop_fn: optional, maps the decoded image (uint8 [H, W, 3], as displayed) to a crop box
+        int32 [4] (top, left, height, width) applied before the resize policy (see `crop`).
+
+    Returns:
+      uint8 [S, S, 3], S = options.image_size.
+
+    Raises:
+      tf.errors.InvalidArgumentError: a rejected file, with one bounded message
+        "<reason>: <sentence>[: <detail>][ (<w>x<h> pixels)]", or a damaged file that the
+        format's decoder refuses (its own bounded message).
+    """
+    _, image = _analyse(image_bytes, options, "raise")
+    return _finish(image, options, crop_fn)
+
+
+def transform_with_status(
+    image_bytes, options: TransformOptions = DEFAULT_OPTIONS, crop_fn: CropFunction | None = None
+) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """(facts, pixels): `inspect`'s facts and, when facts["reason"] is "", the pixels.
+
+    A file refused from its header is not decoded (its pixels are a white stand-in). A file
+    whose header passes but whose data the decoder refuses still raises
+    tf.errors.InvalidArgumentError: `Transformer` turns that into the reason `corrupt`.
+    """
+    facts, image = _analyse(image_bytes, options, "status")
+    return facts, _finish(image, options, crop_fn)
+
+
+def transform_batch(
+    image_bytes,
+    options: TransformOptions = DEFAULT_OPTIONS,
+    crop_fn: CropFunction | None = None,
+    max_batch_pixels: int | None = None,
+    parallel_iterations: int = 1,
+) -> tf.Tensor:
+    """A batch of encoded images (strings [N]) to uint8 [N, S, S, 3], for serving signatures.
+
+    Args:
+      image_bytes: tf.string [N].
+      options, crop_fn: as for `transform`.
+      max_batch_pixels: if set, the sum of the images' pixels (from their headers) must not
+        exceed it; checked before anything is decoded.
+      parallel_iterations: images decoded at once (1 bounds memory to one image's decode).
+
+    Raises:
+      tf.errors.InvalidArgumentError: as `transform`, for the first rejected image, or
+        "too_large: ..." when the batch is over max_batch_pixels.
+    """
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+    checks = []
+    if max_batch_pixels is not None:
+        pixels = tf.map_fn(
+            lambda one: (lambda facts: facts["width"] * facts["height"])(inspect(one, options)),
+            image_bytes,
+            fn_output_signature=tf.int64,
+        )
+        total = tf.reduce_sum(pixels)
+        message = tf.strings.join(
+            [
+                f"{TOO_LARGE}: the images of the request hold ",
+                tf.strings.as_string(total),
+                f" pixels, over the request budget of {max_batch_pixels}",
+            ]
+        )
+        checks.append(tf.debugging.Assert(total <= max_batch_pixels, [message]))
+    side = options.image_size
+    with tf.control_dependencies(checks):
+        return tf.map_fn(
+            lambda one: transform(one, options, crop_fn),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([side, side, 3], tf.uint8),
+            parallel_iterations=parallel_iterations,
+        )
+
+
+# The per-image Python call of the data job.
+
+
+class Result(NamedTuple):
+    """What `Transformer` found for one file: its pixels (None if rejected) and header facts."""
+
+    pixels: np.ndarray | None  # uint8 [S, S, 3]
+    reason: str  # "" when accepted, else a code of REASONS
+    detail: str
+    format: str
+    width: int
+    height: int
+    orientation: int
+    mode: str
+    bits: int
+
+
+@functools.cache
+def _functions(options: TransformOptions, crop_fn: CropFunction | None):
+    signature = [tf.TensorSpec([], tf.string)]
+    status = tf.function(
+        lambda data: transform_with_status(data, options, crop_fn),
+        input_signature=signature,
+        autograph=False,
+    )
+    facts = tf.function(
+        lambda data: inspect(data, options), input_signature=signature, autograph=False
+    )
+    return status, facts
+
+
+def _decoder_message(error: tf.errors.OpError) -> str:
+    """The decoder's own line of a graph execution error, without the node and stack lines."""
+    lines = [line.strip() for line in str(error.message).splitlines()]
+    skipped = ("Graph execution error", "Detected at node", "File ", "[[", "[Op:")
+    kept = [line for line in lines if line and not line.startswith(skipped)]
+    return (kept[-1] if kept else "the decoder refused the data")[:200]
+
+
+class Transformer:
+    """The transform as a Python call, for a Beam worker: bytes in, a `Result` out.
+
+    The graph is traced once per (options, crop_fn) and shared by every Transformer in the
+    process. Never raises for bad content: a file the decoder refuses is `corrupt`, with the
+    decoder's message as detail. Picklable (it is rebuilt from its options).
+    """
+
+    def __init__(
+        self, options: TransformOptions = DEFAULT_OPTIONS, crop_fn: CropFunction | None = None
+    ):
+        self.options = options
+        self.crop_fn = crop_fn
+        self._status, self._facts = _functions(options, crop_fn)
+
+    def __reduce__(self):
+        return Transformer, (self.options, self.crop_fn)
+
+    def __call__(self, image_bytes: bytes) -> Result:
+        """Transforms one file's bytes; see `Result`."""
+        try:
+            facts, pixels = self._status(tf.constant(image_bytes, tf.string))
+        except tf.errors.InvalidArgumentError as error:
+            facts = self._facts(tf.constant(image_bytes, tf.string))
+            return _result(None, facts, CORRUPT, _decoder_message(error))
+        reason = facts["reason"].numpy().decode()
+        return _result(
+            None if reason else pixels.numpy(), facts, reason, facts["detail"].numpy().decode()
+        )
+
+
+def _result(pixels, facts, reason: str, detail: str) -> Result:
+    return Result(
+        pixels=pixels,
+        reason=reason,
+        detail=detail,
+        format=facts["format"].numpy().decode(),
+        width=int(facts["width"]),
+        height=int(facts["height"]),
+        orientation=int(facts["orientation"]),
+        mode=facts["mode"].numpy().decode(),
+        bits=int(facts["bits"]),
+    )
