@@ -248,6 +248,23 @@ def _equals(data: tf.Tensor, position, literal: bytes) -> tf.Tensor:
     return tf.equal(_substr(data, position, len(literal)), literal)
 
 
+_PADDING = 64  # zero bytes after the data, so that a loop's reads need no bounds checks
+
+
+def _padded(data: tf.Tensor) -> tf.Tensor:
+    return tf.strings.join([data, bytes(_PADDING)])
+
+
+def _loop_read(padded: tf.Tensor, position: tf.Tensor, count: int) -> tf.Tensor:
+    """int64 [count] at 0 <= position <= size of a `_padded` string: a loop body's read."""
+    return tf.cast(tf.io.decode_raw(tf.strings.substr(padded, position, count), tf.uint8), tf.int64)
+
+
+def _weights(count: int, little: bool) -> tf.Tensor:
+    powers = [256**index for index in range(count)]
+    return tf.constant(powers if little else powers[::-1], tf.int64)
+
+
 def _byte_strings() -> tf.Tensor:
     """string [256]: the one-byte string of each value, to write bytes in graph."""
     return tf.constant([bytes([value]) for value in range(256)])
@@ -292,6 +309,18 @@ def _first_reason(*conditions) -> tuple[tf.Tensor, tf.Tensor]:
     return reason, detail
 
 
+def _first(mask: tf.Tensor) -> tf.Tensor:
+    """int64: the index of the first True in a 1-D mask, -1 if none."""
+    index = tf.argmax(tf.concat([tf.cast(mask, tf.int32), [1]], 0))
+    return _where(index < tf.size(mask, out_type=tf.int64), index, -1)
+
+
+def _last(mask: tf.Tensor) -> tf.Tensor:
+    """int64: the index of the last True in a 1-D mask, -1 if none."""
+    count = tf.size(mask, out_type=tf.int64)
+    return _where(tf.reduce_any(mask), count - 1 - _first(tf.reverse(mask, [0])), -1)
+
+
 # Sniffing.
 
 
@@ -316,7 +345,11 @@ def _sniff(data: tf.Tensor) -> tf.Tensor:
     first = tf.argmax(tf.cast(matches, tf.int32), output_type=tf.int32)
     found = _where(tf.reduce_any(matches), tf.gather(formats, first), -1)
     svg = _FORMAT_NAMES.index("svg")
-    return _where((found < 0) & _looks_like_svg(data), svg, found)
+    return tf.cond(
+        found < 0,
+        lambda: _where(_looks_like_svg(data), svg, found),
+        lambda: found,
+    )
 
 
 def _looks_like_svg(data: tf.Tensor) -> tf.Tensor:
@@ -395,11 +428,16 @@ def _xmp_orientation(data: tf.Tensor, start, length) -> tuple[tf.Tensor, tf.Tens
 
 def _orientation(data, exif_start, exif_length, xmp_start, xmp_length) -> tf.Tensor:
     """int32 1..8: the EXIF tag when present, else XMP's; values outside 2..8 mean upright."""
-    exif_found, exif_value = _tiff_orientation(data, exif_start, exif_length)
-    exif_found &= exif_start >= 0
-    xmp_found, xmp_value = _xmp_orientation(data, xmp_start, xmp_length)
-    value = _where(exif_found, exif_value, _where(xmp_found, tf.cast(xmp_value, tf.int64), 1))
-    return tf.cast(_where((value >= 1) & (value <= 8), value, 1), tf.int32)
+
+    def parse():
+        exif_found, exif_value = _tiff_orientation(data, exif_start, exif_length)
+        exif_found &= exif_start >= 0
+        xmp_found, xmp_value = _xmp_orientation(data, xmp_start, xmp_length)
+        value = _where(exif_found, exif_value, _where(xmp_found, tf.cast(xmp_value, tf.int64), 1))
+        return tf.cast(_where((value >= 1) & (value <= 8), value, 1), tf.int32)
+
+    metadata = (exif_start >= 0) | (xmp_start >= 0)
+    return tf.cond(metadata, parse, lambda: tf.constant(1, tf.int32))
 
 
 def _orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
@@ -446,67 +484,115 @@ def _rgb_or_composite(image: tf.Tensor) -> tf.Tensor:
     )
 
 
-# JPEG: walk the segments to the first scan (SOF, EXIF and XMP), decode with libjpeg's ISLOW.
+# JPEG: follow the segments from SOI to the first scan (SOF, EXIF, XMP) without a loop, then
+# decode with libjpeg's ISLOW DCT.
+#
+# Every segment starts with 0xFF and a marker other than 0x00, so the candidates are those byte
+# pairs; each candidate's successor is known from its marker and length, and the chain from
+# offset 2 is followed by pointer doubling (_JPEG_LEVELS gathers) instead of a while loop,
+# whose per-iteration cost is several times a whole small JPEG's header. The first 64 KiB hold
+# the headers of nearly every file; the whole file is searched only when the chain leaves them.
 
 _JPEG_FRAMES = (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF)
 _JPEG_DECODED_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman
-_JPEG_STANDALONE = (0x01, *range(0xD0, 0xD9))  # TEM, RSTn, SOI
+_JPEG_WINDOW = 1 << 16
+_JPEG_WINDOW_LEVELS = 5  # up to 31 segments: nearly every file, cheaply
+_JPEG_LEVELS = 9  # up to 511 segments before the first scan, else corrupt
 
 
-def _jpeg_segments(data: tf.Tensor):
-    """Walks from SOI to SOS: (bad, frame, exif, xmp) positions, -1 where absent.
+class _JpegSegments(NamedTuple):
+    status: tf.Tensor  # int32: 0 reached the first scan, 1 broken, 2 left the window
+    frame: tf.Tensor  # int64 position of the first SOF marker, -1 if none
+    exif: tf.Tensor  # int64 position of the first APP1 "Exif" segment's TIFF block, -1
+    exif_length: tf.Tensor
+    xmp: tf.Tensor  # int64 position of the last APP1 XMP packet, -1
+    xmp_length: tf.Tensor
 
-    frame: the first start-of-frame marker; exif: the first APP1 "Exif" segment's payload
-    (as Pillow reads it; later ones only add data); xmp: the last APP1 XMP packet's.
-    """
+
+def _jpeg_segments(data: tf.Tensor, limit, levels: int) -> _JpegSegments:
+    """The segments from SOI to the first SOS among the candidates in data[:limit], following
+    up to 2**levels - 1 of them."""
     size = _size(data)
-    minus = tf.constant(-1, tf.int64)
-
-    def body(steps, position, done, bad, frame, exif, exif_length, xmp, xmp_length):
-        head = _read(data, position, 4)
-        marker, length = head[1], head[2] * 256 + head[3]
-        fill = marker == 0xFF
-        standalone = tf.reduce_any(tf.equal(marker, _JPEG_STANDALONE))
-        scan = marker == 0xDA
-        segment = ~fill & ~standalone & ~scan
-        bad = (
-            (head[0] != 0xFF)
-            | (marker == 0xD9)
-            | (marker == 0x00)
-            | (segment & (length < 2))
-            | (position + 4 > size)
-        )
-        is_frame = segment & tf.reduce_any(tf.equal(marker, _JPEG_FRAMES)) & (frame < 0)
-        frame = _where(is_frame & ~bad, position, frame)
-        app1 = segment & (marker == 0xE1)
-        is_exif = app1 & _equals(data, position + 4, _EXIF_HEADER) & (exif < 0)
-        exif = _where(is_exif, position + 4 + len(_EXIF_HEADER), exif)
-        exif_length = _where(is_exif, length - 2 - len(_EXIF_HEADER), exif_length)
-        is_xmp = app1 & _equals(data, position + 4, _XMP_JPEG_HEADER)
-        xmp = _where(is_xmp, position + 4 + len(_XMP_JPEG_HEADER), xmp)
-        xmp_length = _where(is_xmp, length - 2 - len(_XMP_JPEG_HEADER), xmp_length)
-        step = _where(fill, 1, _where(standalone | scan, 2, 2 + length))
-        done = scan & ~bad
-        return steps + 1, position + step, done, bad, frame, exif, exif_length, xmp, xmp_length
-
-    def unfinished(steps, position, done, bad, *_):
-        return ~done & ~bad & (steps < _MAX_JPEG_SEGMENTS)
-
-    start = [tf.constant(0), tf.constant(2, tf.int64), False, False]
-    _, _, done, bad, frame, exif, exif_length, xmp, xmp_length = tf.while_loop(
-        unfinished, body, start + [minus, minus, minus, minus, minus]
+    raw = tf.io.decode_raw(_substr(data, 0, limit), tf.uint8)
+    known = tf.size(raw, out_type=tf.int64)
+    raw = tf.pad(raw, [[0, 4]])
+    candidates = tf.where((raw[:-4] == 0xFF) & (raw[1:-3] != 0))[:, 0]
+    count = tf.size(candidates, out_type=tf.int64)
+    following = tf.cast(tf.gather(raw, candidates[:, tf.newaxis] + [1, 2, 3]), tf.int64)
+    marker, length = following[:, 0], following[:, 1] * 256 + following[:, 2]
+    fill = marker == 0xFF
+    standalone = (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8))
+    scan, end_of_image = marker == 0xDA, marker == 0xD9
+    step = _where(fill, 1, _where(standalone, 2, 2 + length))
+    successor = candidates + step
+    index = tf.searchsorted(candidates, successor, out_type=tf.int64)
+    found = tf.gather(tf.concat([candidates, [-1]], 0), tf.minimum(index, count)) == successor
+    broken, outside = count, count + 1  # two absorbing nodes after the candidates
+    valid = found & (fill | standalone | (length >= 2))
+    table = _where(valid, index, _where((successor + 4 > known) & (known < size), outside, broken))
+    table = _where(scan | end_of_image, tf.range(count), table)
+    table = _where((candidates + 4 > known) & (known < size), outside, table)  # cut by the window
+    table = tf.concat([table, [broken, outside]], 0)
+    first = tf.searchsorted(candidates, tf.constant([2], tf.int64), out_type=tf.int64)[0]
+    starts = tf.gather(tf.concat([candidates, [-1]], 0), first) == 2
+    # The chain's nodes in order: after level k, the first 2**(k+1) of them.
+    chain = tf.reshape(_where((first < count) & starts, first, broken), [1])
+    for level in range(levels):
+        chain = tf.concat([chain, tf.gather(table, chain)], 0)
+        if level + 1 < levels:
+            table = tf.gather(table, table)
+    node = chain[-1]  # absorbing when the chain ends within 2**levels - 1 steps
+    markers = tf.concat([marker, [0, 0]], 0)
+    end_marker = tf.gather(markers, node)
+    status = _where(
+        (node < count) & (end_marker == 0xDA),
+        0,
+        _where((node == outside) | ((node < count) & (end_marker != 0xD9)), 2, 1),
     )
-    return bad | ~done, frame, exif, exif_length, xmp, xmp_length
+    # The segments on the chain, before its absorbing end; indices into the candidates.
+    on_chain = tf.scatter_nd(chain[:, tf.newaxis], tf.ones_like(chain), [count + 2])[:count] > 0
+    frame_index = _first(on_chain & tf.reduce_any(tf.equal(marker[:, tf.newaxis], _JPEG_FRAMES), 1))
+    app1 = on_chain & (marker == 0xE1)
+    identifiers = tf.strings.substr(
+        data, tf.minimum(candidates + 4, size), tf.fill([count], tf.constant(29, tf.int64))
+    )
+    exif = tf.strings.substr(
+        identifiers, tf.zeros([count], tf.int64), tf.fill([count], tf.constant(6, tf.int64))
+    )
+    exif_index = _first(app1 & (exif == _EXIF_HEADER))
+    xmp_index = _last(app1 & (identifiers == _XMP_JPEG_HEADER))
+
+    def position(index, offset):
+        return _where(index >= 0, tf.gather(candidates, tf.maximum(index, 0)) + offset, -1)
+
+    def payload_length(index, header):
+        return tf.gather(length, tf.maximum(index, 0)) - 2 - len(header)
+
+    return _JpegSegments(
+        status=tf.cast(status, tf.int32),
+        frame=position(frame_index, 0),
+        exif=position(exif_index, 4 + len(_EXIF_HEADER)),
+        exif_length=payload_length(exif_index, _EXIF_HEADER),
+        xmp=position(xmp_index, 4 + len(_XMP_JPEG_HEADER)),
+        xmp_length=payload_length(xmp_index, _XMP_JPEG_HEADER),
+    )
 
 
 def _jpeg(data: tf.Tensor):
-    bad, frame_position, exif, exif_length, xmp, xmp_length = _jpeg_segments(data)
-    frame = _read(data, frame_position, 10)
+    window = _jpeg_segments(data, _JPEG_WINDOW, _JPEG_WINDOW_LEVELS)
+    segments = tf.cond(
+        window.status == 2,
+        lambda: _jpeg_segments(data, _size(data), _JPEG_LEVELS),
+        lambda: window,
+    )
+    segments = _JpegSegments(*segments)
+    frame = _read(data, segments.frame, 10)
     marker, precision, components = frame[1], frame[4], frame[9]
     height, width = _big_endian(frame, 5, 2), _big_endian(frame, 7, 2)
     decoded_frame = tf.reduce_any(tf.equal(marker, _JPEG_DECODED_FRAMES))
     reason, detail = _first_reason(
-        (bad | (frame_position < 0), CORRUPT, "the JPEG markers do not lead to an image"),
+        (segments.status != 0, CORRUPT, "the JPEG markers do not lead to an image"),
+        (segments.frame < 0, CORRUPT, "the JPEG has no frame header"),
         (~decoded_frame, UNSUPPORTED_FORMAT, "lossless, hierarchical or arithmetic-coded JPEG"),
         (precision != 8, UNSUPPORTED_FORMAT, "a JPEG of other than 8 bits per sample"),
         (
@@ -515,8 +601,10 @@ def _jpeg(data: tf.Tensor):
             "a JPEG with other than 1, 3 or 4 components",
         ),
     )
-    orientation = _orientation(data, exif, exif_length, xmp, xmp_length)
-    mode = tf.gather(tf.constant(["", "L", "", "RGB", "CMYK"]), tf.clip_by_value(components, 0, 4))
+    orientation = _orientation(
+        data, segments.exif, segments.exif_length, segments.xmp, segments.xmp_length
+    )
+    mode = tf.gather(["", "L", "", "RGB", "CMYK"], tf.clip_by_value(components, 0, 4))
     header = _header(reason, detail, width, height, orientation, mode, 8)
 
     def decode():
@@ -536,55 +624,42 @@ _PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
 def _png_chunks(data: tf.Tensor):
     """(bad, ended, transparency, exif, exif_length, xmp, xmp_length) from a walk of the chunks.
 
-    Metadata as Pillow keeps it: the last eXIf, the last uncompressed XMP iTXt.
+    Metadata as Pillow keeps it: the last eXIf, the last uncompressed XMP iTXt. The walk stops
+    at IEND (position -1), at a chunk running past the end (position > size), or after
+    _MAX_PNG_CHUNKS chunks (the rest is libpng's to check).
     """
     size = _size(data)
-    minus = tf.constant(-1, tf.int64)
+    padded = _padded(data)
+    xmp_keyword = _XMP_PNG_KEYWORD + b"\0"  # the keyword, then compression flag 0
+    # record: transparency, exif, exif_length, xmp chunk, xmp chunk length
+    empty = tf.constant([0, -1, 0, -1, 0], tf.int64)
 
-    def body(steps, position, ended, bad, transparency, exif, exif_length, xmp, xmp_length):
-        head = _read(data, position, 8)
-        length = _big_endian(head, 0, 4)
-        kind = _substr(data, position + 4, 4)
-        bad = position + 12 + length > size
-        ended = (kind == b"IEND") & ~bad
-        transparency |= kind == b"tRNS"
-        is_exif = (kind == b"eXIf") & ~bad
-        exif = _where(is_exif, position + 8, exif)
-        exif_length = _where(is_exif, length, exif_length)
-        is_xmp = (kind == b"iTXt") & _equals(data, position + 8, _XMP_PNG_KEYWORD) & ~bad
-        is_xmp &= _read(data, position + 8 + len(_XMP_PNG_KEYWORD), 1)[0] == 0  # uncompressed
-        xmp = _where(is_xmp, position, xmp)
-        xmp_length = _where(is_xmp, length, xmp_length)
-        return (
-            steps + 1,
-            position + 12 + length,
-            ended,
-            bad,
-            transparency,
-            exif,
-            exif_length,
-            xmp,
-            xmp_length,
-        )
+    def body(position, steps, record):
+        length = tf.reduce_sum(_loop_read(padded, position, 4) * _weights(4, False))
+        kind = tf.strings.substr(padded, position + 4, 4)
+        exif = kind == b"eXIf"
+        xmp = (kind == b"iTXt") & (tf.strings.substr(padded, position + 8, 19) == xmp_keyword)
+        update = tf.stack([kind == b"tRNS", exif, exif, xmp, xmp])
+        record = tf.where(update, tf.stack([1, position + 8, length, position, length]), record)
+        position = _where(kind == b"IEND", -1, position + 12 + length)
+        return position, steps + 1, record
 
-    def unfinished(steps, position, ended, bad, *_):
-        return ~ended & ~bad & (steps < _MAX_PNG_CHUNKS) & (position < size)
+    def unfinished(position, steps, record):
+        return (position >= 0) & (position < size) & (steps < _MAX_PNG_CHUNKS)
 
-    start = [tf.constant(0), tf.constant(8, tf.int64), False, False, False]
-    steps, position, ended, bad, transparency, exif, exif_length, xmp, xmp_length = tf.while_loop(
-        unfinished, body, start + [minus, minus, minus, minus]
+    position, steps, record = tf.while_loop(
+        unfinished, body, [tf.constant(8, tf.int64), tf.constant(0), empty]
     )
-    capped = steps >= _MAX_PNG_CHUNKS
+    ended = (position == -1) | (steps >= _MAX_PNG_CHUNKS)
+    bad = position > size
+    transparency, exif, exif_length, chunk, chunk_length = tf.unstack(record)
     # The XMP text of an iTXt chunk follows: keyword NUL, 2 flag bytes, language NUL, key NUL.
-    payload = _substr(
-        data, xmp + 8 + len(_XMP_PNG_KEYWORD) + 2, xmp_length - len(_XMP_PNG_KEYWORD) - 2
-    )
+    skip = len(_XMP_PNG_KEYWORD) + 2
+    payload = _substr(data, chunk + 8 + skip, chunk_length - skip)
     parts = tf.strings.split(payload, b"\0", maxsplit=2)
-    has_text = (xmp >= 0) & (tf.size(parts) == 3)
     text_length = tf.cast(tf.strings.length(parts[-1]), tf.int64)
-    text_start = xmp + 8 + xmp_length - text_length
-    xmp = _where(has_text, text_start, minus)
-    return bad, ended | capped, transparency, exif, exif_length, xmp, text_length
+    xmp = _where((chunk >= 0) & (tf.size(parts) == 3), chunk + 8 + chunk_length - text_length, -1)
+    return bad, ended, transparency > 0, exif, exif_length, xmp, text_length
 
 
 # The bit depths the PNG specification allows for each colour type.
@@ -640,77 +715,77 @@ def _png(data: tf.Tensor):
 # GIF: walk the blocks to the end of the first image, rebuild it as a one-frame GIF.
 
 
+def _colour_table_size(flags: tf.Tensor) -> tf.Tensor:
+    """Bytes of the colour table a GIF screen or image descriptor's flags announce."""
+    entries = tf.bitwise.left_shift(tf.constant(2, tf.int64), flags & 7)
+    return _where(flags & 0x80 != 0, 3 * entries, 0)
+
+
 def _gif_first_image(data: tf.Tensor):
     """(complete, transparency, descriptor, data_start, data_end) of the first image.
 
     transparency: the index of the last Graphics Control Extension before the image that sets
     one (as Pillow), -1 if none; descriptor: the image descriptor's position; data: its LZW
     code size byte through the block terminator. Phases: 0 between blocks, 1 in an
-    extension's sub-blocks, 2 in the image's.
+    extension's sub-blocks, 2 in the image's. The walk stops after the image (position -1) or
+    at anything else (position past the end).
     """
     size = _size(data)
-    screen = _read(data, 10, 1)[0]
-    table = _where(
-        screen & 0x80 != 0, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), screen & 7), 0
-    )
-    minus = tf.constant(-1, tf.int64)
+    padded = _padded(data)
+    flags = _read(data, 10, 1)[0]
+    global_table = _colour_table_size(flags)
+    # record: phase, transparency, descriptor, data start, data end
+    empty = tf.constant([0, -1, -1, -1, -1], tf.int64)
+    beyond = size + 1
 
-    def body(steps, position, phase, done, bad, transparency, descriptor, start):
-        head = _read(data, position, 10)
+    def body(position, steps, record):
+        head = _loop_read(padded, position, 10)
+        phase = record[0]
         between = phase == 0
         extension = between & (head[0] == 0x21)
         image = between & (head[0] == 0x2C)
         control = extension & (head[1] == 0xF9) & (head[2] >= 4) & (head[3] & 1 == 1)
-        transparency = _where(control, head[6], transparency)
-        flags = head[9]
-        local = _where(
-            flags & 0x80 != 0, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), flags & 7), 0
-        )
-        descriptor = _where(image, position, descriptor)
-        start = _where(image, position + 10 + local, start)
+        local = _colour_table_size(head[9])
         terminator = ~between & (head[0] == 0)
+        finished = terminator & (phase == 2)
+        next_phase = _where(extension, 1, _where(image, 2, _where(terminator, 0, phase)))
+        update = tf.stack([True, control, image, image, finished])
+        values = tf.stack([next_phase, head[6], position, position + 10 + local, position + 1])
+        record = tf.where(update, values, record)
         position = _where(
-            extension,
-            position + 2,
-            _where(image, position + 11 + local, _where(between, position, position + 1 + head[0])),
+            finished,
+            -1,
+            _where(
+                extension,
+                position + 2,
+                _where(
+                    image, position + 11 + local, _where(between, beyond, position + 1 + head[0])
+                ),
+            ),
         )
-        done = terminator & (phase == 2)
-        phase = _where(extension, 1, _where(image, 2, _where(terminator, 0, phase)))
-        bad = (position > size) | (between & ~extension & ~image)
-        return steps + 1, position, phase, done, bad, transparency, descriptor, start
+        return position, steps + 1, record
 
-    def unfinished(steps, position, phase, done, bad, *_):
-        return ~done & ~bad & (steps < _MAX_GIF_BLOCKS)
+    def unfinished(position, steps, record):
+        return (position >= 0) & (position < size) & (steps < _MAX_GIF_BLOCKS)
 
-    start = [
-        tf.constant(0),
-        13 + table,
-        tf.constant(0, tf.int64),
-        False,
-        False,
-        minus,
-        minus,
-        minus,
-    ]
-    _, end, _, done, bad, transparency, descriptor, start = tf.while_loop(unfinished, body, start)
-    return done & ~bad, transparency, descriptor, start, end
+    position, _, record = tf.while_loop(
+        unfinished, body, [13 + global_table, tf.constant(0), empty]
+    )
+    _, transparency, descriptor, start, end = tf.unstack(record)
+    return (position == -1) & (end <= size), transparency, descriptor, start, end
 
 
 def _gif(data: tf.Tensor):
     screen = _read(data, 6, 7)
     screen_width, screen_height = _little_endian(screen, 0, 2), _little_endian(screen, 2, 2)
-    global_table = screen[4] & 0x80 != 0
-    global_size = _where(
-        global_table, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), screen[4] & 7), 0
-    )
+    global_size = _colour_table_size(screen[4])
+    global_table = global_size > 0
     complete, transparency, descriptor_position, start, end = _gif_first_image(data)
     descriptor = _read(data, descriptor_position, 10)
     left, top = _little_endian(descriptor, 1, 2), _little_endian(descriptor, 3, 2)
     frame_width, frame_height = _little_endian(descriptor, 5, 2), _little_endian(descriptor, 7, 2)
-    local_table = descriptor[9] & 0x80 != 0
-    local_size = _where(
-        local_table, 3 * tf.bitwise.left_shift(tf.constant(2, tf.int64), descriptor[9] & 7), 0
-    )
+    local_size = _colour_table_size(descriptor[9])
+    local_table = local_size > 0
     # Pillow's canvas: the logical screen, grown to hold the first frame.
     width = tf.maximum(screen_width, left + frame_width)
     height = tf.maximum(screen_height, top + frame_height)
@@ -890,44 +965,33 @@ def _bmp(data: tf.Tensor):
 
 def _webp(data: tf.Tensor):
     size = _size(data)
-    minus = tf.constant(-1, tf.int64)
     riff_end = tf.minimum(_little_endian(_read(data, 4, 4), 0, 4) + 8, size)
 
-    def body(steps, position, bad, stream, exif, exif_length, xmp, xmp_length, animated):
-        head = _read(data, position, 8)
-        kind = _substr(data, position, 4)
-        length = _little_endian(head, 4, 4)
-        bad = position + 8 + length > size
-        first = lambda found, current: found & ~bad & (current < 0)  # noqa: E731
-        is_stream = first((kind == b"VP8 ") | (kind == b"VP8L"), stream)
-        stream = _where(is_stream, position, stream)
-        is_exif = first(kind == b"EXIF", exif)
-        exif = _where(is_exif, position + 8, exif)
-        exif_length = _where(is_exif, length, exif_length)
-        is_xmp = first(kind == b"XMP ", xmp)
-        xmp = _where(is_xmp, position + 8, xmp)
-        xmp_length = _where(is_xmp, length, xmp_length)
-        animated |= (kind == b"ANIM") | (kind == b"ANMF")
-        next_position = position + 8 + length + length % 2
-        return steps + 1, next_position, bad, stream, exif, exif_length, xmp, xmp_length, animated
+    padded = _padded(data)
+    # record: bitstream chunk, exif, exif_length, xmp, xmp_length, animation seen, cut short
+    empty = tf.constant([-1, -1, 0, -1, 0, 0, 0], tf.int64)
 
-    def unfinished(steps, position, bad, *_):
-        return ~bad & (position + 8 <= riff_end) & (steps < _MAX_WEBP_CHUNKS)
+    def body(position, steps, record):
+        length = tf.reduce_sum(_loop_read(padded, position + 4, 4) * _weights(4, True))
+        kind = tf.strings.substr(padded, position, 4)
+        stream = ((kind == b"VP8 ") | (kind == b"VP8L")) & (record[0] < 0)
+        exif = (kind == b"EXIF") & (record[1] < 0)
+        xmp = (kind == b"XMP ") & (record[3] < 0)
+        animation = (kind == b"ANIM") | (kind == b"ANMF")
+        cut = position + 8 + length > size
+        update = tf.stack([stream, exif, exif, xmp, xmp, animation, cut])
+        values = tf.stack([position, position + 8, length, position + 8, length, 1, 1])
+        record = tf.where(update, values, record)
+        return position + 8 + length + length % 2, steps + 1, record
 
-    start = [
-        tf.constant(0),
-        tf.constant(12, tf.int64),
-        False,
-        minus,
-        minus,
-        minus,
-        minus,
-        minus,
-        False,
-    ]
-    _, _, bad, stream, exif, exif_length, xmp, xmp_length, animated = tf.while_loop(
-        unfinished, body, start
+    def unfinished(position, steps, record):
+        return (position + 8 <= riff_end) & (steps < _MAX_WEBP_CHUNKS)
+
+    position, _, record = tf.while_loop(
+        unfinished, body, [tf.constant(12, tf.int64), tf.constant(0), empty]
     )
+    stream, exif, exif_length, xmp, xmp_length, animated, bad = tf.unstack(record)
+    animated, bad = animated > 0, bad > 0
     extended = _equals(data, 12, b"VP8X")
     vp8x = _read(data, 20, 10)
     flags = vp8x[0]
@@ -1050,6 +1114,16 @@ def _message(facts: dict[str, tf.Tensor]) -> tf.Tensor:
     return tf.strings.join([facts["reason"], ": ", sentence, detail, _where(sized, dimensions, "")])
 
 
+def _assert_accepted(accepted: tf.Tensor, facts: dict[str, tf.Tensor]) -> tf.Tensor:
+    """True, or tf.errors.InvalidArgumentError with `_message` (built only on failure)."""
+
+    def refuse():
+        with tf.control_dependencies([tf.debugging.Assert(False, [_message(facts)])]):
+            return tf.constant(False)
+
+    return tf.cond(accepted, lambda: tf.constant(True), refuse)
+
+
 # Crop box and resize policy.
 
 
@@ -1133,7 +1207,7 @@ def _analyse(image_bytes, options: TransformOptions, stage: str):
                 return facts
             accepted = tf.equal(facts["reason"], "")
             if stage == "raise":
-                with tf.control_dependencies([tf.debugging.Assert(accepted, [_message(facts)])]):
+                with tf.control_dependencies([_assert_accepted(accepted, facts)]):
                     image = tf.identity(decode())
             else:
                 image = tf.cond(accepted, decode, _no_pixels)
