@@ -57,6 +57,7 @@ graph per options; a status, never an exception, for bad content).
 
 import dataclasses
 import functools
+import re
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -277,7 +278,11 @@ def _le16_string(value: tf.Tensor) -> tf.Tensor:
 
 
 class _Header(NamedTuple):
-    """What a format's header says. width/height as stored; orientation as applied (1..8)."""
+    """What a format's header says. width/height as stored; orientation as applied (1..8).
+
+    `reason` is checked before the size budgets, `cut` (the data stops before what the header
+    promises) after them: a bomb is `too_large` whether or not its data follows.
+    """
 
     reason: tf.Tensor  # string: "" or a reason code
     detail: tf.Tensor  # string: what exactly, for the message
@@ -286,9 +291,13 @@ class _Header(NamedTuple):
     orientation: tf.Tensor  # int32
     mode: tf.Tensor  # string, in Pillow's mode names
     bits: tf.Tensor  # int32, bits per sample
+    cut: tf.Tensor  # bool
+    cut_detail: tf.Tensor  # string
 
 
-def _header(reason, detail, width, height, orientation, mode, bits) -> _Header:
+def _header(
+    reason, detail, width, height, orientation, mode, bits, cut=False, cut_detail=""
+) -> _Header:
     return _Header(
         tf.convert_to_tensor(reason, tf.string),
         tf.convert_to_tensor(detail, tf.string),
@@ -297,6 +306,8 @@ def _header(reason, detail, width, height, orientation, mode, bits) -> _Header:
         tf.cast(orientation, tf.int32),
         tf.convert_to_tensor(mode, tf.string),
         tf.cast(bits, tf.int32),
+        tf.convert_to_tensor(cut, tf.bool),
+        tf.convert_to_tensor(cut_detail, tf.string),
     )
 
 
@@ -680,7 +691,6 @@ def _png(data: tf.Tensor):
             CORRUPT,
             "the PNG does not start with a valid IHDR chunk",
         ),
-        (bad | ~ended, CORRUPT, "the PNG's chunks stop before IEND"),
     )
     orientation = _orientation(data, exif, exif_length, xmp, xmp_length)
     mode = tf.gather(
@@ -688,7 +698,8 @@ def _png(data: tf.Tensor):
     )
     mode = _where((colour == 0) & (depth == 1), "1", mode)
     mode = _where((colour == 0) & (depth == 16), "I;16", mode)
-    header = _header(reason, detail, width, height, orientation, mode, depth)
+    cut, cut_detail = bad | ~ended, "the PNG's chunks stop before IEND"
+    header = _header(reason, detail, width, height, orientation, mode, depth, cut, cut_detail)
     alpha = (colour == 4) | (colour == 6) | transparency
 
     def decode():
@@ -790,11 +801,12 @@ def _gif(data: tf.Tensor):
     width = tf.maximum(screen_width, left + frame_width)
     height = tf.maximum(screen_height, top + frame_height)
     reason, detail = _first_reason(
-        (~complete, CORRUPT, "the GIF stops before the end of its first image"),
+        (descriptor_position < 0, CORRUPT, "the GIF holds no image"),
         (~global_table & ~local_table, CORRUPT, "the GIF's first image has no colour table"),
         ((frame_width == 0) | (frame_height == 0), CORRUPT, "the GIF's first image is empty"),
     )
-    header = _header(reason, detail, width, height, 1, "P", 8)
+    cut_detail = "the GIF stops before the end of its first image"
+    header = _header(reason, detail, width, height, 1, "P", 8, ~complete, cut_detail)
 
     def decode():
         table_start = _where(local_table, descriptor_position + 10, 13)
@@ -911,15 +923,11 @@ def _bmp(data: tf.Tensor):
             "a BMP with bit fields other than Pillow's",
         ),
         (palette & (colours > 65536), CORRUPT, "the BMP palette is too large"),
-        (
-            (width > 0) & (height > 0) & (needed > _size(data)),
-            CORRUPT,
-            "the BMP pixel rows are cut short",
-        ),
     )
     alpha = (bits == 32) & (layout[3] >= 0)
     mode = _where(palette, "P", _where(alpha, "RGBA", "RGB"))
-    header = _header(reason, detail, width, height, 1, mode, bits)
+    cut, cut_detail = needed > _size(data), "the BMP pixel rows are cut short"
+    header = _header(reason, detail, width, height, 1, mode, bits, cut, cut_detail)
 
     def decode():
         rows = tf.io.decode_raw(_substr(data, offset, stride * height), tf.uint8)
@@ -1013,7 +1021,7 @@ def _webp(data: tf.Tensor):
     animated |= extended & (flags & 0x02 != 0)
     reason, detail = _first_reason(
         (animated, UNSUPPORTED_FORMAT, "an animated WebP"),
-        (bad | (stream < 0), CORRUPT, "the WebP chunks are cut short or hold no image"),
+        (stream < 0, CORRUPT, "the WebP holds no image"),
         (~_where(lossless, vp8l_ok, vp8_ok), CORRUPT, "the WebP bitstream header is damaged"),
         (
             extended & ((canvas_width != stream_width) | (canvas_height != stream_height)),
@@ -1025,7 +1033,8 @@ def _webp(data: tf.Tensor):
         extended, flags & 0x10 != 0, lossless & (tf.bitwise.right_shift(vp8l_bits, 28) & 1 == 1)
     )
     orientation = _orientation(data, exif, exif_length, xmp, xmp_length)
-    header = _header(reason, detail, width, height, orientation, _where(alpha, "RGBA", "RGB"), 8)
+    mode, cut_detail = _where(alpha, "RGBA", "RGB"), "the WebP chunks are cut short"
+    header = _header(reason, detail, width, height, orientation, mode, 8, bad, cut_detail)
 
     def decode():
         # channels=0: the file's own count (3, or 4 with alpha); never used for animations.
@@ -1075,6 +1084,7 @@ def _checked(header: _Header, options: TransformOptions) -> _Header:
             EXTREME_ASPECT,
             f"the limit is {options.max_aspect_ratio}",
         ),
+        (header.cut, CORRUPT, header.cut_detail),
     )
     return header._replace(reason=reason, detail=detail)
 
@@ -1127,6 +1137,7 @@ def _assert_accepted(accepted: tf.Tensor, facts: dict[str, tf.Tensor]) -> tf.Ten
 # Crop box and resize policy.
 
 
+@tf.autograph.experimental.do_not_convert
 def crop(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
     """The part of an image inside a box: the seam for a face detector, before the resize.
 
@@ -1151,10 +1162,12 @@ def crop(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
 
 
 def _area(image: tf.Tensor, height, width) -> tf.Tensor:
-    resized = tf.image.resize(image, tf.stack([height, width]), method="area")
+    size = tf.cast(tf.stack([height, width]), tf.int32)
+    resized = tf.image.resize(image, size, method="area")
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
+@tf.autograph.experimental.do_not_convert
 def resize(image: tf.Tensor, options: TransformOptions = DEFAULT_OPTIONS) -> tf.Tensor:
     """An RGB image of any size to uint8 [S, S, 3] by the options' resize policy.
 
@@ -1230,6 +1243,7 @@ def _finish(image: tf.Tensor, options: TransformOptions, crop_fn: CropFunction |
     return resize(image, options)
 
 
+@tf.autograph.experimental.do_not_convert
 def inspect(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> dict[str, tf.Tensor]:
     """The header facts of one encoded image, read in graph; decodes nothing, never raises.
 
@@ -1249,6 +1263,7 @@ def inspect(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> dict[st
     return _analyse(image_bytes, options, "inspect")
 
 
+@tf.autograph.experimental.do_not_convert
 def decode(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> tf.Tensor:
     """One encoded image decoded as displayed: what `transform` resizes (and a detector sees).
 
@@ -1268,6 +1283,7 @@ def decode(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> tf.Tenso
     return image
 
 
+@tf.autograph.experimental.do_not_convert
 def transform(
     image_bytes, options: TransformOptions = DEFAULT_OPTIONS, crop_fn: CropFunction | None = None
 ) -> tf.Tensor:
@@ -1293,6 +1309,7 @@ def transform(
     return _finish(image, options, crop_fn)
 
 
+@tf.autograph.experimental.do_not_convert
 def transform_with_status(
     image_bytes, options: TransformOptions = DEFAULT_OPTIONS, crop_fn: CropFunction | None = None
 ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
@@ -1306,6 +1323,7 @@ def transform_with_status(
     return facts, _finish(image, options, crop_fn)
 
 
+@tf.autograph.experimental.do_not_convert
 def transform_batch(
     image_bytes,
     options: TransformOptions = DEFAULT_OPTIONS,
@@ -1385,8 +1403,8 @@ def _functions(options: TransformOptions, crop_fn: CropFunction | None):
 
 
 def _decoder_message(error: tf.errors.OpError) -> str:
-    """The decoder's own line of a graph execution error, without the node and stack lines."""
-    lines = [line.strip() for line in str(error.message).splitlines()]
+    """The decoder's own words in a graph execution error, without node names and stacks."""
+    lines = [re.sub(r"\{\{[^}]*\}\}", "", line).strip() for line in error.message.splitlines()]
     skipped = ("Graph execution error", "Detected at node", "File ", "[[", "[Op:")
     kept = [line for line in lines if line and not line.startswith(skipped)]
     return (kept[-1] if kept else "the decoder refused the data")[:200]
