@@ -22,8 +22,8 @@ Rules (each applied in exactly one place below):
     libpng's png_set_scale_16 computes); colour and alpha alike, before compositing.
   - Compositing on white, 8-bit colour c and alpha a: out = 255 - round((255 - c) * a / 255),
     in integers; (255 - c) * a / 255 never lies halfway, so the rounding has no ties.
-  - Resize: tf.image.resize(method="area") in float32, then round half to even (tf.round),
-    clip to 0..255, uint8. `stretch` resizes the whole image to S x S; `crop` cuts the centre
+  - Resize: tf.image.resize(method="area") in float32, then round half to even (tf.round) to
+    uint8. `stretch` resizes the whole image to S x S; `crop` cuts the centre
     square (offsets rounded down) first; `pad` keeps the aspect ratio, the long side becomes S
     and the short side round_half_up(short * S / long) (at least 1), centred (offsets rounded
     down) on BLACK, as tf.image.resize_with_pad and the seed's Python cleaning pad.
@@ -621,8 +621,7 @@ def _jpeg(data: tf.Tensor):
     def decode():
         # INTEGER_ACCURATE is libjpeg's ISLOW DCT, Pillow's too: identical pixels. CMYK and YCCK
         # (Adobe) are converted by TensorFlow's decoder as Pillow's convert("RGB") does.
-        image = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
-        return _orient(image, orientation)
+        return tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
 
     return header, decode
 
@@ -717,8 +716,7 @@ def _png(data: tf.Tensor):
                 lambda: tf.io.decode_png(data, 3),
             )
 
-        image = tf.ensure_shape(tf.cond(depth == 16, wide, narrow), [None, None, 3])
-        return _orient(image, orientation)
+        return tf.ensure_shape(tf.cond(depth == 16, wide, narrow), [None, None, 3])
 
     return header, decode
 
@@ -1038,8 +1036,7 @@ def _webp(data: tf.Tensor):
 
     def decode():
         # channels=0: the file's own count (3, or 4 with alpha); never used for animations.
-        image = _rgb_or_composite(tf.io.decode_webp(data)[0])
-        return _orient(image, orientation)
+        return _rgb_or_composite(tf.io.decode_webp(data)[0])
 
     return header, decode
 
@@ -1162,18 +1159,19 @@ def crop(image: tf.Tensor, box: tf.Tensor) -> tf.Tensor:
 
 
 def _area(image: tf.Tensor, height, width) -> tf.Tensor:
+    """Area averaging, rounded half to even. An average of 0..255 values stays within float32
+    error of that range, which the rounding absorbs: no clipping pass is needed."""
     size = tf.cast(tf.stack([height, width]), tf.int32)
-    resized = tf.image.resize(image, size, method="area")
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    return tf.cast(tf.round(tf.image.resize(image, size, method="area")), tf.uint8)
 
 
 @tf.autograph.experimental.do_not_convert
 def resize(image: tf.Tensor, options: TransformOptions = DEFAULT_OPTIONS) -> tf.Tensor:
-    """An RGB image of any size to uint8 [S, S, 3] by the options' resize policy.
+    """An upright RGB image of any size to uint8 [S, S, 3] by the options' resize policy.
 
-    Area averaging (tf.image.resize(method="area")), rounded half to even and clipped. `crop`
-    cuts the centre square first; `pad` fits the long side to S, rounds the short side half up
-    (at least 1 pixel) and centres the result on black, offsets rounded down.
+    Area averaging (tf.image.resize(method="area")), rounded half to even. `crop` cuts the
+    centre square first (offsets rounded down); `pad` fits the long side to S, rounds the short
+    side half up (at least 1 pixel) and centres the result on black (offsets rounded down).
 
     Args:
       image: uint8 [H, W, 3], H and W at least 1.
@@ -1182,19 +1180,45 @@ def resize(image: tf.Tensor, options: TransformOptions = DEFAULT_OPTIONS) -> tf.
     Returns:
       uint8 [S, S, 3].
     """
+    return _resize_turned(image, tf.constant(1, tf.int32), options)
+
+
+# For each orientation 1..8: whether the displayed rows are the stored columns, and whether a
+# displayed box's first (second) stored offset counts from the far end of the stored rows
+# (columns). Derived from the transposes and flips of `_orient`.
+_TURNED = (False, False, False, False, True, True, True, True)
+_FLIP_ROWS = (False, False, True, True, False, True, True, False)
+_FLIP_COLUMNS = (False, True, True, False, False, False, True, True)
+
+
+def _resize_turned(image: tf.Tensor, orientation: tf.Tensor, options: TransformOptions):
+    """`resize` of `_orient(image, orientation)`, with the orientation applied to the S x S
+    result instead of the full image: the same geometry (a displayed crop box is mapped back to
+    the stored pixels exactly), a fraction of the cost. The area sums run in the stored order,
+    so a value within float32 error of a rounding boundary may land one level apart from
+    turning first; every caller of the transform gets this same definition."""
     side = options.image_size
     shape = tf.shape(image, out_type=tf.int64)
-    height, width = shape[0], shape[1]
+    stored_height, stored_width = shape[0], shape[1]
+    index = orientation - 1
+    turned = tf.gather(_TURNED, index)
+    height = _where(turned, stored_width, stored_height)  # as displayed
+    width = _where(turned, stored_height, stored_width)
     if options.resize_policy == "crop":
         short = tf.minimum(height, width)
         top, left = (height - short) // 2, (width - short) // 2
-        image = tf.slice(image, tf.stack([top, left, 0]), tf.stack([short, short, 3]))
+        first, second = _where(turned, left, top), _where(turned, top, left)
+        first = _where(tf.gather(_FLIP_ROWS, index), stored_height - first - short, first)
+        second = _where(tf.gather(_FLIP_COLUMNS, index), stored_width - second - short, second)
+        image = tf.slice(image, tf.stack([first, second, 0]), tf.stack([short, short, 3]))
     if options.resize_policy != "pad":
-        return tf.ensure_shape(_area(image, side, side), [side, side, 3])
+        resized = _orient(_area(image, side, side), orientation)
+        return tf.ensure_shape(resized, [side, side, 3])
     long = tf.maximum(height, width)
     new_height = tf.maximum((2 * height * side + long) // (2 * long), 1)
     new_width = tf.maximum((2 * width * side + long) // (2 * long), 1)
-    resized = _area(image, new_height, new_width)
+    stored_size = (_where(turned, new_width, new_height), _where(turned, new_height, new_width))
+    resized = _orient(_area(image, *stored_size), orientation)
     top, left = (side - new_height) // 2, (side - new_width) // 2
     paddings = [[top, side - new_height - top], [left, side - new_width - left], [0, 0]]
     return tf.ensure_shape(tf.pad(resized, paddings), [side, side, 3])
@@ -1208,7 +1232,8 @@ _PARSERS = (_jpeg, _png, _gif, _bmp, _webp)
 def _analyse(image_bytes, options: TransformOptions, stage: str):
     """Sniff, header, checks, decode. stage "inspect": facts; "status": (facts, image), the
     image decoded only for an accepted file; "raise": (facts, image) after asserting that the
-    file is accepted. The image is uint8 [H, W, 3] as displayed."""
+    file is accepted. The image is uint8 [H, W, 3] as stored: facts["orientation"] turns it
+    upright."""
     data = tf.ensure_shape(tf.convert_to_tensor(image_bytes, tf.string), [])
     format_index = _sniff(data)
 
@@ -1237,10 +1262,12 @@ def _analyse(image_bytes, options: TransformOptions, stage: str):
     return tf.switch_case(_where(accepted_index, format_index, len(_PARSERS)), branches)
 
 
-def _finish(image: tf.Tensor, options: TransformOptions, crop_fn: CropFunction | None):
-    if crop_fn is not None:
-        image = crop(image, crop_fn(image))
-    return resize(image, options)
+def _finish(image, facts, options: TransformOptions, crop_fn: CropFunction | None):
+    """The stored pixels of a decoded file to uint8 [S, S, 3], upright."""
+    if crop_fn is None:
+        return _resize_turned(image, facts["orientation"], options)
+    upright = _orient(image, facts["orientation"])  # a detector must see the face upright
+    return resize(crop(upright, crop_fn(upright)), options)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -1279,8 +1306,8 @@ def decode(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> tf.Tenso
     Raises:
       tf.errors.InvalidArgumentError: as `transform`.
     """
-    _, image = _analyse(image_bytes, options, "raise")
-    return image
+    facts, image = _analyse(image_bytes, options, "raise")
+    return _orient(image, facts["orientation"])
 
 
 @tf.autograph.experimental.do_not_convert
@@ -1305,8 +1332,8 @@ def transform(
         "<reason>: <sentence>[: <detail>][ (<w>x<h> pixels)]", or a damaged file that the
         format's decoder refuses (its own bounded message).
     """
-    _, image = _analyse(image_bytes, options, "raise")
-    return _finish(image, options, crop_fn)
+    facts, image = _analyse(image_bytes, options, "raise")
+    return _finish(image, facts, options, crop_fn)
 
 
 @tf.autograph.experimental.do_not_convert
@@ -1320,7 +1347,7 @@ def transform_with_status(
     tf.errors.InvalidArgumentError: `Transformer` turns that into the reason `corrupt`.
     """
     facts, image = _analyse(image_bytes, options, "status")
-    return facts, _finish(image, options, crop_fn)
+    return facts, _finish(image, facts, options, crop_fn)
 
 
 @tf.autograph.experimental.do_not_convert

@@ -429,6 +429,20 @@ def test_resize_policies_match_an_area_reference(policy, size):
     assert_close(actual, policy_reference(image, 32, policy), tolerance=1)
 
 
+@pytest.mark.parametrize("policy, size", [("crop", 31), ("pad", 45), ("stretch", 20)])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_policies_apply_to_the_upright_image(policy, size, orientation):
+    # 45 x 31 pixels: crop to 31 and pad to 45 resize nothing, so an offset one pixel off shows;
+    # the odd difference 45 - 31 puts each flipped crop offset on the other side of the middle.
+    image = picture(45, 31)
+    data = encode(Image.fromarray(image), "PNG", exif=exif(orientation))
+    options = transform.TransformOptions(image_size=size, resize_policy=policy, min_side=1)
+    expected = policy_reference(reference(data), size, policy)
+    assert_close(
+        transformer(options)(data).numpy(), expected, tolerance=1 if policy == "stretch" else 0
+    )
+
+
 def test_pad_is_black_and_centred():
     options = transform.TransformOptions(image_size=32, resize_policy="pad", min_side=1)
     actual = transformer(options)(encode(Image.fromarray(picture(64, 32)), "PNG")).numpy()
