@@ -429,18 +429,19 @@ def test_resize_policies_match_an_area_reference(policy, size):
     assert_close(actual, policy_reference(image, 32, policy), tolerance=1)
 
 
-@pytest.mark.parametrize("policy, size", [("crop", 31), ("pad", 45), ("stretch", 20)])
+@pytest.mark.parametrize("policy, size", [("crop", 30), ("pad", 45), ("stretch", 20)])
+@pytest.mark.parametrize("shape", [(45, 30), (30, 45)])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_policies_apply_to_the_upright_image(policy, size, orientation):
-    # 45 x 31 pixels: crop to 31 and pad to 45 resize nothing, so an offset one pixel off shows;
-    # the odd difference 45 - 31 puts each flipped crop offset on the other side of the middle.
-    image = picture(45, 31)
+def test_policies_apply_to_the_upright_image(policy, size, shape, orientation):
+    # 45 x 30 pixels: crop to 30 and pad to 45 resize nothing, so an offset one pixel off shows;
+    # the odd difference 15 puts a flipped crop offset (8) on the other side of the middle (7).
+    # Landscape and portrait, so that both the row and the column offsets are flipped.
+    image = picture(*shape)
     data = encode(Image.fromarray(image), "PNG", exif=exif(orientation))
     options = transform.TransformOptions(image_size=size, resize_policy=policy, min_side=1)
     expected = policy_reference(reference(data), size, policy)
-    assert_close(
-        transformer(options)(data).numpy(), expected, tolerance=1 if policy == "stretch" else 0
-    )
+    tolerance = 1 if policy == "stretch" else 0
+    assert_close(transformer(options)(data).numpy(), expected, tolerance)
 
 
 def test_pad_is_black_and_centred():
