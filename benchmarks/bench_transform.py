@@ -11,6 +11,7 @@ orientation 6, as phones write them), and a mix with 5% photos as issue 11's dat
                  "1-core bare loop of the same TensorFlow decode+resize function";
   Transformer    the data job's per-file call: sniff, header facts and budgets in graph,
                  orientation, decode, resize, numpy out, and a status instead of exceptions;
+  Transformer.many  the same results for 32 files per graph call (a Beam batch);
   transform_batch  the serving form: 32 images per call of a tf.function (tf.map_fn);
   inspect        header facts alone (what a bomb costs before it is refused).
 
@@ -132,9 +133,14 @@ def measure(files: dict[str, list[str]]) -> dict[str, dict[str, float]]:
         for start in range(0, len(contents), BATCH):
             batch(tf.constant(contents[start : start + BATCH])).numpy()
 
+    def many(contents):
+        for start in range(0, len(contents), BATCH):
+            transformer.many(contents[start : start + BATCH])
+
     ways = {
         "bare": per_image(lambda data: bare(data).numpy()),
         "transformer": per_image(transformer),
+        "many": many,
         "batch": batched,
         "inspect": per_image(lambda data: inspect(data)["width"].numpy()),
     }
@@ -192,6 +198,7 @@ def run(workdir: str, quick: bool) -> list[common.Row]:
                 NAME, f"bare TF decode+resize loop, 1 core ({label})", figures["bare"], "images/s"
             ),
             row(f"Transformer (data job, per file), 1 core ({label})", figures["transformer"]),
+            row(f"Transformer.many ({BATCH} per call), 1 core ({label})", figures["many"]),
             row(f"transform_batch ({BATCH} per call), 1 core ({label})", figures["batch"]),
             row(f"inspect (header facts only), 1 core ({label})", figures["inspect"]),
         ]

@@ -1415,18 +1415,43 @@ class Result(NamedTuple):
     bits: int
 
 
+_TEXT_FACTS = ("reason", "detail", "format", "mode")
+_NUMBER_FACTS = ("width", "height", "orientation", "bits")
+
+
+def _packed(facts: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
+    """(string [4], int64 [4]): the facts in two tensors, two conversions for Python."""
+    texts = tf.stack([facts[name] for name in _TEXT_FACTS])
+    numbers = tf.stack([tf.cast(facts[name], tf.int64) for name in _NUMBER_FACTS])
+    return texts, numbers
+
+
 @functools.cache
 def _functions(options: TransformOptions, crop_fn: CropFunction | None):
-    signature = [tf.TensorSpec([], tf.string)]
-    status = tf.function(
-        lambda data: transform_with_status(data, options, crop_fn),
-        input_signature=signature,
-        autograph=False,
+    """(one, many, facts): the traced graphs of a Transformer, shared in the process."""
+    side = options.image_size
+
+    def one(data):
+        facts, pixels = transform_with_status(data, options, crop_fn)
+        return (*_packed(facts), pixels)
+
+    def many(data):
+        signature = (
+            tf.TensorSpec([len(_TEXT_FACTS)], tf.string),
+            tf.TensorSpec([len(_NUMBER_FACTS)], tf.int64),
+            tf.TensorSpec([side, side, 3], tf.uint8),
+        )
+        return tf.map_fn(one, data, fn_output_signature=signature)
+
+    def facts(data):
+        return _packed(inspect(data, options))
+
+    scalar, vector = [tf.TensorSpec([], tf.string)], [tf.TensorSpec([None], tf.string)]
+    return (
+        tf.function(one, input_signature=scalar, autograph=False),
+        tf.function(many, input_signature=vector, autograph=False),
+        tf.function(facts, input_signature=scalar, autograph=False),
     )
-    facts = tf.function(
-        lambda data: inspect(data, options), input_signature=signature, autograph=False
-    )
-    return status, facts
 
 
 def _decoder_message(error: tf.errors.OpError) -> str:
@@ -1440,7 +1465,7 @@ def _decoder_message(error: tf.errors.OpError) -> str:
 class Transformer:
     """The transform as a Python call, for a Beam worker: bytes in, a `Result` out.
 
-    The graph is traced once per (options, crop_fn) and shared by every Transformer in the
+    The graphs are traced once per (options, crop_fn) and shared by every Transformer in the
     process. Never raises for bad content: a file the decoder refuses is `corrupt`, with the
     decoder's message as detail. Picklable (it is rebuilt from its options).
     """
@@ -1450,33 +1475,47 @@ class Transformer:
     ):
         self.options = options
         self.crop_fn = crop_fn
-        self._status, self._facts = _functions(options, crop_fn)
+        self._one, self._many, self._facts = _functions(options, crop_fn)
 
     def __reduce__(self):
         return Transformer, (self.options, self.crop_fn)
 
     def __call__(self, image_bytes: bytes) -> Result:
         """Transforms one file's bytes; see `Result`."""
+        data = tf.constant(image_bytes, tf.string)
         try:
-            facts, pixels = self._status(tf.constant(image_bytes, tf.string))
+            texts, numbers, pixels = self._one(data)
         except tf.errors.InvalidArgumentError as error:
-            facts = self._facts(tf.constant(image_bytes, tf.string))
-            return _result(None, facts, CORRUPT, _decoder_message(error))
-        reason = facts["reason"].numpy().decode()
-        return _result(
-            None if reason else pixels.numpy(), facts, reason, facts["detail"].numpy().decode()
-        )
+            texts, numbers = self._facts(data)
+            return _result(None, texts.numpy(), numbers.numpy(), _decoder_message(error))
+        return _result(pixels, texts.numpy(), numbers.numpy())
+
+    def many(self, images: list[bytes]) -> list[Result]:
+        """`self(image)` for each image, in one graph call (e.g. a Beam BatchElements batch).
+
+        A file that the decoder refuses fails the whole call; the batch is then done one file
+        at a time, so the results are always those of `__call__`.
+        """
+        if not images:
+            return []
+        try:
+            texts, numbers, pixels = self._many(tf.constant(images, tf.string))
+        except tf.errors.InvalidArgumentError:
+            return [self(image) for image in images]
+        texts, numbers, pixels = texts.numpy(), numbers.numpy(), pixels.numpy()
+        return [
+            _result(pixels[index], texts[index], numbers[index]) for index in range(len(images))
+        ]
 
 
-def _result(pixels, facts, reason: str, detail: str) -> Result:
-    return Result(
-        pixels=pixels,
-        reason=reason,
-        detail=detail,
-        format=facts["format"].numpy().decode(),
-        width=int(facts["width"]),
-        height=int(facts["height"]),
-        orientation=int(facts["orientation"]),
-        mode=facts["mode"].numpy().decode(),
-        bits=int(facts["bits"]),
-    )
+def _result(pixels, texts: np.ndarray, numbers: np.ndarray, corrupt: str | None = None) -> Result:
+    """A Result from packed facts; `corrupt`: the decoder refused the data, with this message."""
+    reason, detail, image_format, mode = (text.decode() for text in texts)
+    if corrupt is not None:
+        reason, detail = CORRUPT, corrupt
+    if reason:
+        pixels = None
+    elif isinstance(pixels, tf.Tensor):
+        pixels = pixels.numpy()
+    width, height, orientation, bits = (int(number) for number in numbers)
+    return Result(pixels, reason, detail, image_format, width, height, orientation, mode, bits)

@@ -264,6 +264,10 @@ ACCEPTED = {
     "jpeg 4:4:4": (lambda: encode(rgb_image(), "JPEG", quality=95, subsampling=0), 0),
     "jpeg grayscale": (lambda: encode(rgb_image().convert("L"), "JPEG"), 0),
     "jpeg cmyk": (lambda: encode(rgb_image().convert("CMYK"), "JPEG", quality=95), 0),
+    "jpeg large icc profile": (
+        lambda: encode(rgb_image(), "JPEG", icc_profile=bytes(range(256)) * 600, exif=exif(6)),
+        0,
+    ),
     "png rgb": (lambda: encode(rgb_image(), "PNG"), 0),
     "png rgba": (lambda: encode(rgba_image(), "PNG"), 0),
     "png palette": (lambda: encode(palette_image(), "PNG"), 0),
@@ -327,10 +331,8 @@ def test_accepted_formats_decode_as_pillow_shows_them(name):
     assert_close(decoded(data), reference(data), tolerance)
     facts = transform.Transformer(SMALL)(data)
     assert facts.reason == ""
-    assert (facts.format, facts.width, facts.height) == (
-        name.split()[0],
-        *Image.open(io.BytesIO(data)).size,
-    )
+    displayed = reference(data).shape[1::-1]  # (width, height) as displayed
+    assert (facts.format, facts.width, facts.height) == (name.split()[0], *displayed)
     assert facts.pixels.shape == (SMALL.image_size, SMALL.image_size, 3)
 
 
@@ -410,6 +412,14 @@ def test_orientation_from_every_container(name):
     assert transform.Transformer(SMALL)(data).orientation == orientation
 
 
+def test_jpeg_headers_beyond_the_quick_pass():
+    # 40 segments before the frame: more than the 64 KiB, 31-segment pass follows.
+    data = jpeg_with_comments(40)
+    assert_close(decoded(data), reference(data))
+    assert transform.Transformer(SMALL)(data).orientation == 8
+    assert transform.Transformer(SMALL)(jpeg_with_comments(600)).reason == transform.CORRUPT
+
+
 def test_exif_orientation_wins_over_xmp_as_in_pillow():
     data = encode(rgb_image(), "JPEG", quality=95, exif=exif(1), xmp=xmp(6))
     assert_close(decoded(data), reference(data))
@@ -475,6 +485,13 @@ def test_crop_box_seam_crops_before_the_resize_policy():
 
 
 # Rejections: the status form's reason, the raising form's message.
+
+
+def jpeg_with_comments(count: int) -> bytes:
+    """A JPEG with `count` comment segments after SOI (more than the quick header pass follows)."""
+    data = encode(rgb_image(), "JPEG", quality=95, exif=exif(8))
+    comment = b"\xff\xfe" + struct.pack(">H", 7) + b"hello"
+    return data[:2] + comment * count + data[2:]
 
 
 def truncated(data: bytes, fraction: float = 0.6) -> bytes:
@@ -675,6 +692,19 @@ def test_an_exported_savedmodel_gives_the_eager_pixels(tmp_path):
         np.testing.assert_array_equal(served_pixels, transform.transform(data).numpy())
     with pytest.raises(tf.errors.InvalidArgumentError, match="unsupported_format: "):
         served(image_bytes=tf.constant([encode(rgb_image(), "TIFF")]))
+
+
+@pytest.mark.parametrize("with_decoder_failure", [False, True])
+def test_transformer_many_equals_one_by_one(with_decoder_failure):
+    files = [encode(rgb_image(), "JPEG"), encode(rgb_image(), "TIFF"), encode(rgba_image(), "PNG")]
+    if with_decoder_failure:  # the decoder, not the header, refuses it: the batch falls back
+        files.append(REJECTED["truncated jpeg"][0]())
+    transformer_ = transform.Transformer(SMALL)
+    for batched, single in zip(transformer_.many(files), map(transformer_, files), strict=True):
+        assert batched._replace(pixels=None) == single._replace(pixels=None)
+        assert (batched.pixels is None) == (single.pixels is None)
+        if single.pixels is not None:
+            np.testing.assert_array_equal(batched.pixels, single.pixels)
 
 
 def test_transformer_pickles_for_beam_workers():
