@@ -137,8 +137,7 @@ _SNIFF_BYTES = 18
 _SVG_PROBE_BYTES = 2048
 _SVG_STARTS = (b"<svg", b"<?xml", b"<!doctype svg")
 
-# Bounds of the header walks (each step reads a few bytes; a file needing more is refused).
-_MAX_JPEG_SEGMENTS = 1024  # segments before the first scan
+# Bounds of the header walks (each step reads a few bytes).
 _MAX_PNG_CHUNKS = 1 << 16  # chunks read for metadata; decoding is libpng's
 _MAX_GIF_BLOCKS = 1 << 20  # blocks and sub-blocks up to the end of the first frame
 _MAX_WEBP_CHUNKS = 64
@@ -520,30 +519,48 @@ class _JpegSegments(NamedTuple):
     xmp_length: tf.Tensor
 
 
-def _jpeg_segments(data: tf.Tensor, limit, levels: int) -> _JpegSegments:
-    """The segments from SOI to the first SOS among the candidates in data[:limit], following
-    up to 2**levels - 1 of them."""
+class _JpegCandidates(NamedTuple):
+    """Every 0xFF byte followed by a non-zero byte in a window: the possible segment starts."""
+
+    positions: tf.Tensor  # int64 [n], increasing
+    marker: tf.Tensor  # int64 [n]
+    length: tf.Tensor  # int64 [n]: the segment length field (meaningless for standalone markers)
+    successor: tf.Tensor  # int64 [n + 2]: index of the next segment; n: broken; n + 1: unknown
+
+
+def _jpeg_candidates(data: tf.Tensor, limit) -> _JpegCandidates:
+    """The candidates in data[:limit] and each one's successor; a scan start (SOS), an end of
+    image (EOI) and the two last nodes (broken, unknown beyond the window) are absorbing."""
     size = _size(data)
     raw = tf.io.decode_raw(_substr(data, 0, limit), tf.uint8)
     known = tf.size(raw, out_type=tf.int64)
     raw = tf.pad(raw, [[0, 4]])
-    candidates = tf.where((raw[:-4] == 0xFF) & (raw[1:-3] != 0))[:, 0]
-    count = tf.size(candidates, out_type=tf.int64)
-    following = tf.cast(tf.gather(raw, candidates[:, tf.newaxis] + [1, 2, 3]), tf.int64)
+    positions = tf.where((raw[:-4] == 0xFF) & (raw[1:-3] != 0))[:, 0]
+    count = tf.size(positions, out_type=tf.int64)
+    following = tf.cast(tf.gather(raw, positions[:, tf.newaxis] + [1, 2, 3]), tf.int64)
     marker, length = following[:, 0], following[:, 1] * 256 + following[:, 2]
     fill = marker == 0xFF
     standalone = (marker == 0x01) | ((marker >= 0xD0) & (marker <= 0xD8))
-    scan, end_of_image = marker == 0xDA, marker == 0xD9
-    step = _where(fill, 1, _where(standalone, 2, 2 + length))
-    successor = candidates + step
-    index = tf.searchsorted(candidates, successor, out_type=tf.int64)
-    found = tf.gather(tf.concat([candidates, [-1]], 0), tf.minimum(index, count)) == successor
-    broken, outside = count, count + 1  # two absorbing nodes after the candidates
-    valid = found & (fill | standalone | (length >= 2))
-    table = _where(valid, index, _where((successor + 4 > known) & (known < size), outside, broken))
-    table = _where(scan | end_of_image, tf.range(count), table)
-    table = _where((candidates + 4 > known) & (known < size), outside, table)  # cut by the window
-    table = tf.concat([table, [broken, outside]], 0)
+    next_position = positions + _where(fill, 1, _where(standalone, 2, 2 + length))
+    index = tf.searchsorted(positions, next_position, out_type=tf.int64)
+    found = tf.gather(tf.concat([positions, [-1]], 0), tf.minimum(index, count)) == next_position
+    broken, unknown = count, count + 1
+    beyond = (next_position + 4 > known) & (known < size)
+    successor = _where(found & (fill | standalone | (length >= 2)), index, broken)
+    successor = _where(~found & beyond, unknown, successor)
+    successor = _where((marker == 0xDA) | (marker == 0xD9), tf.range(count), successor)
+    successor = _where((positions + 4 > known) & (known < size), unknown, successor)
+    successor = tf.concat([successor, [broken, unknown]], 0)
+    return _JpegCandidates(positions, marker, length, successor)
+
+
+def _jpeg_segments(data: tf.Tensor, limit, levels: int) -> _JpegSegments:
+    """The segments from SOI to the first SOS among the candidates in data[:limit], following
+    up to 2**levels - 1 of them."""
+    size = _size(data)
+    candidates, marker, length, table = _jpeg_candidates(data, limit)
+    count = tf.size(candidates, out_type=tf.int64)
+    broken, outside = count, count + 1
     first = tf.searchsorted(candidates, tf.constant([2], tf.int64), out_type=tf.int64)[0]
     starts = tf.gather(tf.concat([candidates, [-1]], 0), first) == 2
     # The chain's nodes in order: after level k, the first 2**(k+1) of them.
@@ -553,8 +570,7 @@ def _jpeg_segments(data: tf.Tensor, limit, levels: int) -> _JpegSegments:
         if level + 1 < levels:
             table = tf.gather(table, table)
     node = chain[-1]  # absorbing when the chain ends within 2**levels - 1 steps
-    markers = tf.concat([marker, [0, 0]], 0)
-    end_marker = tf.gather(markers, node)
+    end_marker = tf.gather(tf.concat([marker, [0, 0]], 0), node)
     status = _where(
         (node < count) & (end_marker == 0xDA),
         0,
@@ -862,40 +878,82 @@ _BMP_MASKS = (
 _BI_RGB, _BI_RLE8, _BI_RLE4, _BI_BITFIELDS = 0, 1, 2, 3
 
 
-def _bmp(data: tf.Tensor):
+class _BmpLayout(NamedTuple):
+    """Where a BMP's pixels are and how they are packed (int64/bool scalars)."""
+
+    core: tf.Tensor  # OS/2 BITMAPCOREHEADER: 16-bit sizes, 3-byte palette entries
+    width: tf.Tensor
+    height: tf.Tensor
+    top_down: tf.Tensor
+    bits: tf.Tensor
+    compression: tf.Tensor
+    colours: tf.Tensor  # palette entries
+    palette_start: tf.Tensor
+    entry: tf.Tensor  # bytes per palette entry
+    offset: tf.Tensor  # of the pixel rows
+    stride: tf.Tensor  # bytes per row, padded to 4
+    masks: tf.Tensor  # int64 [4]: red, green, blue, alpha bit fields
+    channel_bytes: tf.Tensor  # int64 [4]: the byte of red, green, blue, alpha (-1: none)
+
+
+def _bmp_layout(data: tf.Tensor) -> _BmpLayout:
     head = _read(data, 0, 70)
-    offset, header_size = _little_endian(head, 10, 4), _little_endian(head, 14, 4)
-    core = header_size == 12  # OS/2 BITMAPCOREHEADER: 16-bit sizes, 3-byte palette entries
+    header_size = _little_endian(head, 14, 4)
+    core = header_size == 12
     width = _where(core, _little_endian(head, 18, 2), _little_endian(head, 18, 4))
     stored_height = _where(core, _little_endian(head, 20, 2), _little_endian(head, 22, 4))
-    top_down = ~core & (head[25] == 0xFF)
-    height = _where(top_down, 2**32 - stored_height, stored_height)
+    top_down = ~core & (head[25] == 0xFF)  # a negative height, as Pillow reads it
     bits = _where(core, _little_endian(head, 24, 2), _little_endian(head, 28, 2))
-    compression = _where(core, _BI_RGB, _little_endian(head, 30, 4))
     colours = _where(core, 0, _little_endian(head, 46, 4))
     colours = _where(
         colours == 0, tf.bitwise.left_shift(tf.constant(1, tf.int64), tf.minimum(bits, 32)), colours
     )
+    compression = _where(core, _BI_RGB, _little_endian(head, 30, 4))
     masks = tf.stack([_little_endian(head, 54 + 4 * index, 4) for index in range(4)])
     masks = _where(tf.range(4, dtype=tf.int64) < _where(header_size >= 56, 4, 3), masks, 0)
-    mask_table = tf.constant([mask for mask, _ in _BMP_MASKS], tf.int64)
-    mask_match = tf.reduce_all(tf.equal(mask_table, masks), axis=1)
-    layout = tf.gather(
-        tf.constant([bytes_ for _, bytes_ in _BMP_MASKS] + [(2, 1, 0, -1)], tf.int64),
+    known = tf.reduce_all(
+        tf.equal(tf.constant([mask for mask, _ in _BMP_MASKS], tf.int64), masks), 1
+    )
+    channel_bytes = tf.gather(
+        tf.constant([order for _, order in _BMP_MASKS] + [(2, 1, 0, -1)], tf.int64),
         _where(
-            (compression == _BI_BITFIELDS) & tf.reduce_any(mask_match),
-            tf.argmax(tf.cast(mask_match, tf.int32), output_type=tf.int64),
-            len(_BMP_MASKS),
+            (compression == _BI_BITFIELDS) & tf.reduce_any(known) & (bits == 32),
+            tf.argmax(tf.cast(known, tf.int32), output_type=tf.int64),
+            len(_BMP_MASKS),  # BGR(X): 24 bits, and 32-bit BI_RGB
         ),
     )
-    palette = (bits == 1) | (bits == 4) | (bits == 8)
-    palette_start = 14 + header_size
-    entry = _where(core, 3, 4)
+    palette_start, entry = 14 + header_size, _where(core, 3, 4)
+    offset = _little_endian(head, 10, 4)
     # Pillow: a pixel offset pointing right after the header skips the palette.
-    offset = _where(palette & (offset == palette_start), offset + entry * colours, offset)
-    stride = tf.bitwise.bitwise_and(tf.bitwise.right_shift(width * bits + 31, 3), ~3)
-    needed = offset + stride * (height - 1) + (width * bits + 7) // 8
-    bgr_masks = tf.reduce_all(tf.equal(masks[:3], [0xFF0000, 0xFF00, 0xFF]))
+    offset = _where((bits <= 8) & (offset == palette_start), offset + entry * colours, offset)
+    return _BmpLayout(
+        core=core,
+        width=width,
+        height=_where(top_down, 2**32 - stored_height, stored_height),
+        top_down=top_down,
+        bits=bits,
+        compression=compression,
+        colours=colours,
+        palette_start=palette_start,
+        entry=entry,
+        offset=offset,
+        stride=tf.bitwise.bitwise_and(tf.bitwise.right_shift(width * bits + 31, 3), ~3),
+        masks=masks,
+        channel_bytes=channel_bytes,
+    )
+
+
+def _bmp(data: tf.Tensor):
+    layout = _bmp_layout(data)
+    width, height, bits, compression = layout.width, layout.height, layout.bits, layout.compression
+    palette = (bits == 1) | (bits == 4) | (bits == 8)
+    bitfields = compression == _BI_BITFIELDS
+    known_masks = tf.reduce_any(
+        tf.reduce_all(
+            tf.equal(tf.constant([mask for mask, _ in _BMP_MASKS], tf.int64), layout.masks), 1
+        )
+    )
+    bgr_masks = tf.reduce_all(tf.equal(layout.masks[:3], [0xFF0000, 0xFF00, 0xFF]))
     reason, detail = _first_reason(
         ((width >= 2**31) | (height >= 2**31), CORRUPT, "the BMP header gives a negative size"),
         (bits == 16, UNSUPPORTED_FORMAT, "a 16-bit BMP"),
@@ -905,7 +963,7 @@ def _bmp(data: tf.Tensor):
             "an RLE-compressed BMP",
         ),
         (
-            ~((compression == _BI_RGB) | (compression == _BI_BITFIELDS)),
+            (compression != _BI_RGB) & ~bitfields,
             UNSUPPORTED_FORMAT,
             "a BMP compressed other than RLE (JPEG, PNG, ...)",
         ),
@@ -915,55 +973,66 @@ def _bmp(data: tf.Tensor):
             "a BMP of other than 1, 4, 8, 24 or 32 bits per pixel",
         ),
         (
-            (compression == _BI_BITFIELDS)
-            & (palette | ((bits == 24) & ~bgr_masks) | ((bits == 32) & ~tf.reduce_any(mask_match))),
+            bitfields & (palette | ((bits == 24) & ~bgr_masks) | ((bits == 32) & ~known_masks)),
             UNSUPPORTED_FORMAT,
             "a BMP with bit fields other than Pillow's",
         ),
-        (palette & (colours > 65536), CORRUPT, "the BMP palette is too large"),
+        (palette & (layout.colours > 65536), CORRUPT, "the BMP palette is too large"),
     )
-    alpha = (bits == 32) & (layout[3] >= 0)
+    alpha = layout.channel_bytes[3] >= 0
     mode = _where(palette, "P", _where(alpha, "RGBA", "RGB"))
+    needed = layout.offset + layout.stride * (height - 1) + (width * bits + 7) // 8
     cut, cut_detail = needed > _size(data), "the BMP pixel rows are cut short"
     header = _header(reason, detail, width, height, 1, mode, bits, cut, cut_detail)
 
     def decode():
-        rows = tf.io.decode_raw(_substr(data, offset, stride * height), tf.uint8)
-        rows = tf.pad(rows, [[0, stride * height - tf.cast(tf.size(rows), tf.int64)]])
-        rows = tf.reshape(rows, tf.stack([height, stride]))
-        rows = tf.cond(top_down, lambda: rows, lambda: tf.reverse(rows, [0]))
-
-        def indexed():
-            per_byte = 8 // bits
-            shifts = tf.cast(8 - bits * tf.range(1, per_byte + 1), tf.uint8)
-            values = tf.bitwise.right_shift(rows[:, :, tf.newaxis], shifts)
-            values = tf.bitwise.bitwise_and(
-                values, tf.cast(tf.bitwise.left_shift(1, tf.cast(bits, tf.int32)) - 1, tf.uint8)
-            )
-            indices = tf.reshape(values, tf.stack([height, stride * per_byte]))[:, :width]
-            table = tf.io.decode_raw(
-                _substr(data, palette_start, entry * tf.minimum(colours, 256)), tf.uint8
-            )
-            table = tf.pad(table, [[0, 4 * 256 - tf.cast(tf.size(table), tf.int64)]])
-            table = tf.reshape(table[: entry * 256], tf.stack([256, entry]))
-            return tf.gather(tf.gather(table, [2, 1, 0], axis=1), tf.cast(indices, tf.int32))
-
-        def packed():
-            channels = bits // 8
-            pixels = tf.reshape(rows[:, : width * channels], tf.stack([height, width, channels]))
-            order = _where(bits == 24, tf.constant([2, 1, 0, -1], tf.int64), layout)
-            colour = tf.gather(pixels, order[:3], axis=2)
-            return tf.cond(
-                order[3] >= 0,
-                lambda: _composite_on_white(
-                    tf.concat([colour, tf.gather(pixels, order[3:], axis=2)], 2)
-                ),
-                lambda: colour,
-            )
-
-        return tf.ensure_shape(tf.cond(palette, indexed, packed), [None, None, 3])
+        rows = _bmp_rows(data, layout)
+        image = tf.cond(
+            palette, lambda: _bmp_indexed(data, rows, layout), lambda: _bmp_packed(rows, layout)
+        )
+        return tf.ensure_shape(image, [None, None, 3])
 
     return header, decode
+
+
+def _bmp_rows(data: tf.Tensor, layout: _BmpLayout) -> tf.Tensor:
+    """uint8 [height, stride]: the pixel rows, top row first, a short last row zero-filled."""
+    size = layout.stride * layout.height
+    rows = tf.io.decode_raw(_substr(data, layout.offset, size), tf.uint8)
+    rows = tf.pad(rows, [[0, size - tf.cast(tf.size(rows), tf.int64)]])
+    rows = tf.reshape(rows, tf.stack([layout.height, layout.stride]))
+    return tf.cond(layout.top_down, lambda: rows, lambda: tf.reverse(rows, [0]))
+
+
+def _bmp_indexed(data: tf.Tensor, rows: tf.Tensor, layout: _BmpLayout) -> tf.Tensor:
+    """1, 4 or 8 bits per pixel, most significant first, through the BGR(X) palette."""
+    bits = layout.bits
+    per_byte = 8 // bits
+    shifts = tf.cast(8 - bits * tf.range(1, per_byte + 1), tf.uint8)
+    mask = tf.cast(tf.bitwise.left_shift(1, tf.cast(bits, tf.int32)) - 1, tf.uint8)
+    values = tf.bitwise.bitwise_and(tf.bitwise.right_shift(rows[:, :, tf.newaxis], shifts), mask)
+    indices = tf.reshape(values, tf.stack([layout.height, layout.stride * per_byte]))
+    indices = tf.cast(indices[:, : layout.width], tf.int32)
+    # 256 entries: those the header lists, black after them (or where the data stops).
+    entries = tf.minimum(layout.colours, 256)
+    table = tf.io.decode_raw(_substr(data, layout.palette_start, layout.entry * entries), tf.uint8)
+    table = tf.pad(table, [[0, 4 * 256 - tf.cast(tf.size(table), tf.int64)]])
+    table = tf.reshape(table[: layout.entry * 256], tf.stack([256, layout.entry]))
+    return tf.gather(tf.gather(table, [2, 1, 0], axis=1), indices)
+
+
+def _bmp_packed(rows: tf.Tensor, layout: _BmpLayout) -> tf.Tensor:
+    """24 or 32 bits per pixel, channels at their bytes; alpha composited on white."""
+    channels = layout.bits // 8
+    shape = tf.stack([layout.height, layout.width, channels])
+    pixels = tf.reshape(rows[:, : layout.width * channels], shape)
+    order = layout.channel_bytes
+    colour = tf.gather(pixels, order[:3], axis=2)
+    return tf.cond(
+        order[3] >= 0,
+        lambda: _composite_on_white(tf.concat([colour, tf.gather(pixels, order[3:], axis=2)], 2)),
+        lambda: colour,
+    )
 
 
 # WebP: walk the RIFF chunks (VP8X, VP8, VP8L, EXIF, XMP), decode a still image with libwebp.
