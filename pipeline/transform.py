@@ -89,21 +89,21 @@ REASONS = {
 
 # Formats recognised by their magic bytes: the accepted ones first (their index is the branch
 # of the decoder), then those refused. (format, offset, magic), first match wins.
-_REFUSED_FORMATS = (
-    "tiff",
-    "ppm",
-    "ico",
-    "psd",
-    "pdf",
-    "qoi",
-    "openexr",
-    "heic",
-    "avif",
-    "jpeg2000",
-    "jpegxl",
-    "svg",
-)
-_FORMAT_NAMES = ACCEPTED_FORMATS + _REFUSED_FORMATS
+_REFUSED_FORMATS = {  # name -> what the message calls it
+    "tiff": "a TIFF image",
+    "ppm": "a PPM, PGM, PBM or PAM image",
+    "ico": "an ICO or CUR icon",
+    "psd": "a Photoshop document",
+    "pdf": "a PDF document",
+    "qoi": "a QOI image",
+    "openexr": "an OpenEXR image",
+    "heic": "a HEIC/HEIF image",
+    "avif": "an AVIF image",
+    "jpeg2000": "a JPEG 2000 image",
+    "jpegxl": "a JPEG XL image",
+    "svg": "an SVG drawing",
+}
+_FORMAT_NAMES = ACCEPTED_FORMATS + tuple(_REFUSED_FORMATS)
 _BMP_HEADER_SIZES = (12, 40, 52, 56, 64, 108, 124)
 _SIGNATURES = (
     ("jpeg", 0, b"\xff\xd8\xff"),
@@ -203,7 +203,8 @@ CropFunction = Callable[[tf.Tensor], tf.Tensor]
 def _where(condition, yes, no) -> tf.Tensor:
     """tf.where with Python numbers taking the dtype of the tensor beside them, else int64."""
     tensors = [value.dtype for value in (yes, no) if isinstance(value, tf.Tensor)]
-    dtype = tensors[0] if tensors else (tf.int64 if isinstance(yes, int) else None)
+    number = isinstance(yes, int) and not isinstance(yes, bool)
+    dtype = tensors[0] if tensors else (tf.int64 if number else None)
     return tf.where(condition, tf.convert_to_tensor(yes, dtype), tf.convert_to_tensor(no, dtype))
 
 
@@ -1115,9 +1116,9 @@ def _refused(format_index: tf.Tensor):
 
     def parse(data: tf.Tensor):
         empty = _size(data) == 0
-        name = tf.gather(_FORMAT_NAMES, tf.maximum(format_index, 0))
         reason = _where(empty, EMPTY, _where(format_index < 0, NOT_AN_IMAGE, UNSUPPORTED_FORMAT))
-        detail = _where(format_index < 0, "", name)
+        descriptions = ("",) * len(ACCEPTED_FORMATS) + tuple(_REFUSED_FORMATS.values())
+        detail = _where(format_index < 0, "", tf.gather(descriptions, tf.maximum(format_index, 0)))
         header = _header(reason, detail, 0, 0, 1, "", 0)
         return header, _no_pixels
 
@@ -1510,7 +1511,8 @@ def _functions(options: TransformOptions, crop_fn: CropFunction | None):
             tf.TensorSpec([len(_NUMBER_FACTS)], tf.int64),
             tf.TensorSpec([side, side, 3], tf.uint8),
         )
-        return tf.map_fn(one, data, fn_output_signature=signature)
+        # One image decoded at a time: a batch's memory is that of its largest image.
+        return tf.map_fn(one, data, fn_output_signature=signature, parallel_iterations=1)
 
     def facts(data):
         return _packed(inspect(data, options))

@@ -589,7 +589,7 @@ def test_rejected_files_get_their_reason_and_a_clear_error(name):
 
 def test_header_facts_of_a_refused_file():
     result = transform.Transformer()(encode(rgb_image(), "TIFF"))
-    assert (result.format, result.detail) == ("tiff", "tiff")
+    assert (result.format, result.detail) == ("tiff", "a TIFF image")
     result = transform.Transformer()(REJECTED["animated webp"][0]())
     assert (result.format, result.width, result.height) == ("webp", 48, 36)
 
