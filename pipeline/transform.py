@@ -366,7 +366,8 @@ def _sniff(data: tf.Tensor) -> tf.Tensor:
 def _looks_like_svg(data: tf.Tensor) -> tf.Tensor:
     """SVG text: starts (after a BOM and spaces) with <svg, <?xml or <!doctype svg, has <svg."""
     head = tf.strings.lower(_substr(data, 0, _SVG_PROBE_BYTES))
-    head = _where(tf.strings.substr(head, 0, 3) == b"\xef\xbb\xbf", _substr(head, 3, -1), head)
+    bom = tf.strings.substr(head, 0, 3) == b"\xef\xbb\xbf"
+    head = _where(bom, _substr(head, 3, _SVG_PROBE_BYTES), head)
     head = tf.strings.strip(head)
     opening = tf.reduce_any(
         [tf.equal(tf.strings.substr(head, 0, len(start)), start) for start in _SVG_STARTS]

@@ -526,6 +526,10 @@ REJECTED = {
         lambda: b'<?xml version="1.0"?>\n<svg xmlns="http://www.w3.org/2000/svg"/>',
         transform.UNSUPPORTED_FORMAT,
     ),
+    "svg with a byte-order mark": (
+        lambda: b"\xef\xbb\xbf  \n<svg width='10' height='10'></svg>",
+        transform.UNSUPPORTED_FORMAT,
+    ),
     "heic": (
         lambda: b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64),
         transform.UNSUPPORTED_FORMAT,
