@@ -13,9 +13,13 @@ The steps, in order:
   3. decode the accepted set: JPEG (baseline, extended, progressive; grayscale, RGB, CMYK/YCCK),
      PNG (every colour type and bit depth, tRNS), GIF (the first frame), BMP (uncompressed 1, 4,
      8, 24 and 32 bits) and still WebP (lossy, lossless, alpha);
-  4. orientation (EXIF, else XMP `tiff:Orientation`, as Pillow's ImageOps.exif_transpose);
-  5. transparency composited on white, 16-bit samples scaled to 8 bits, grayscale replicated;
-  6. an optional crop box (the seam for an in-graph face detector), then the resize policy.
+  4. transparency composited on white, 16-bit samples scaled to 8 bits, grayscale replicated;
+  5. an optional crop box (the seam for an in-graph face detector), then the resize policy;
+  6. orientation (EXIF, else XMP `tiff:Orientation`, as Pillow's ImageOps.exif_transpose and
+     with its geometry: width and height are as displayed, the policy's crop and pad are laid
+     out on the upright picture). Without a crop box it turns the S x S result, the crop offsets
+     mapped back to the stored pixels: turning a 12-megapixel photo costs more than decoding
+     it. With a crop box the full image is turned first, as a detector must see it upright.
 
 Rules (each applied in exactly one place below):
   - 16 to 8 bits: v8 = round(v16 / 257) = (v16 + 128) // 257, the nearest 8-bit value (what
@@ -23,10 +27,10 @@ Rules (each applied in exactly one place below):
   - Compositing on white, 8-bit colour c and alpha a: out = 255 - round((255 - c) * a / 255),
     in integers; (255 - c) * a / 255 never lies halfway, so the rounding has no ties.
   - Resize: tf.image.resize(method="area") in float32, then round half to even (tf.round) to
-    uint8. `stretch` resizes the whole image to S x S; `crop` cuts the centre
-    square (offsets rounded down) first; `pad` keeps the aspect ratio, the long side becomes S
-    and the short side round_half_up(short * S / long) (at least 1), centred (offsets rounded
-    down) on BLACK, as tf.image.resize_with_pad and the seed's Python cleaning pad.
+    uint8. `stretch` resizes the whole image to S x S; `crop` cuts the centre square (offsets
+    rounded down) first; `pad` keeps the aspect ratio, the long side becomes S and the short
+    side round_half_up(short * S / long) (at least 1), centred (offsets rounded down) on
+    BLACK, as tf.image.resize_with_pad and the seed's Python cleaning pad.
   - GIF: the first frame only, as Pillow shows it. TensorFlow's GIF decoder decodes every frame
     (a many-frame GIF is a memory bomb) and paints transparent pixels black, so the graph
     rebuilds a one-frame GIF from the bytes: the first image's data, its colour table with the
@@ -48,11 +52,16 @@ header walk where it can tell (a PNG without IEND, a GIF whose first frame is cu
 TensorFlow's decoders, which refuse truncated JPEG, PNG, GIF and WebP data (checked at every cut
 position) rather than fill it with grey.
 
-Entry points: `inspect` (header facts, never raises), `transform` (raises
-tf.errors.InvalidArgumentError with one bounded message for a rejected file, so TF Serving
-answers 400), `transform_batch` (strings [N] -> uint8 [N, S, S, 3], for the serving
-signature), and `Transformer`, the per-image Python call for the Beam workers (one traced
-graph per options; a status, never an exception, for bad content).
+Header facts are read in graph with few executed ops (TensorFlow's per-op cost, not the bytes,
+dominates small files): a JPEG's segment chain is followed by pointer doubling over its 0xFF
+marker candidates (the first 64 KiB, the whole file only when the chain leaves them); PNG, GIF
+and WebP are walked chunk by chunk with one packed state vector.
+
+Entry points: `inspect` (header facts, never raises), `decode` (the upright image before the
+resize), `transform` (raises tf.errors.InvalidArgumentError with one bounded message for a
+rejected file, so TF Serving answers 400), `transform_batch` (strings [N] -> uint8
+[N, S, S, 3], for the serving signature), and `Transformer`, the Python call for the Beam
+workers (graphs traced once per options; a status, never an exception, for bad content).
 """
 
 import dataclasses
