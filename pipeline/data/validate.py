@@ -20,12 +20,12 @@ DUPLICATE = "duplicate"
 # Reason codes of rejected files, with the sentence the report shows for each.
 LABEL_CONFLICT = "label_conflict"
 REASONS = {
-    sources.EMPTY: "the file has no bytes",
+    **transform.REASONS,
     sources.UNREADABLE: "the file could not be read (broken link, permissions, I/O error)",
     sources.BAD_FILE_NAME: "the file name is not valid UTF-8 (rename the file to include it)",
-    sources.TOO_LARGE: "over the byte or pixel budget (checked before decoding)",
+    sources.TOO_LARGE: "over the byte budget (not read) or the pixel budget (checked from the "
+    "header, before decoding)",
     LABEL_CONFLICT: "the same bytes are filed under more than one label",
-    **transform.REASONS,
 }
 
 _GRAYSCALE_TOLERANCE = 2.0  # mean |R-G| + |G-B| below this (JPEG chroma noise) is grayscale
@@ -34,38 +34,45 @@ _GRAYSCALE_TOLERANCE = 2.0  # mean |R-G| + |G-B| below this (JPEG chroma noise) 
 class ImageInfo(NamedTuple):
     """What validation found out about one file: its status, and properties for the report.
 
-    `width`/`height` are of the original as displayed (after orientation), 0 when unknown;
-    `grayscale` and `brightness` (0..255) describe the transformed pixels.
+    `detail` says what exactly a rejection refers to (the transform's words); `width` and
+    `height` are of the original as displayed (after orientation), 0 when unknown; `mode` is
+    Pillow's name of its pixel layout; `grayscale` and `brightness` (0..255) describe the
+    transformed pixels.
     """
 
     status: str
     reason: str = ""
+    detail: str = ""
     width: int = 0
     height: int = 0
     format: str = ""
+    mode: str = ""
     orientation: int = 1
     grayscale: bool | None = None
     brightness: float | None = None
 
 
-def judge(data: bytes, transformer: "transform.Transformer") -> tuple[np.ndarray | None, ImageInfo]:
-    """The verdict on one file's bytes: (uint8 pixels (S, S, 3), info) or (None, info).
+def judge(result: "transform.Result") -> tuple[np.ndarray | None, ImageInfo]:
+    """The verdict on one file from what THE transform made of its bytes.
 
-    Never raises for bad content: a refused file gets REJECTED and the transform's reason.
+    Returns:
+        (uint8 pixels (S, S, 3), info) for an accepted file, (None, info) for a rejected one,
+        whose info holds the transform's reason and detail.
     """
-    result = transformer(data)
     info = ImageInfo(
-        REJECTED if result.image is None else ACCEPTED,
+        REJECTED if result.pixels is None else ACCEPTED,
         result.reason,
+        result.detail,
         result.width,
         result.height,
         result.format,
+        result.mode,
         result.orientation,
     )
-    if result.image is None:
+    if result.pixels is None:
         return None, info
-    grayscale, brightness = colour_statistics(result.image)
-    return result.image, info._replace(grayscale=grayscale, brightness=brightness)
+    grayscale, brightness = colour_statistics(result.pixels)
+    return result.pixels, info._replace(grayscale=grayscale, brightness=brightness)
 
 
 def colour_statistics(image: np.ndarray) -> tuple[bool, float]:

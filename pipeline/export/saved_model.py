@@ -7,10 +7,14 @@
   predict_images   images (DT_FLOAT [-1, 256, 256, 3], RGB pixels 0..255) -> the same outputs.
   assets/labels.txt, assets/model_card.json, assets.extra/tf_serving_warmup_requests.
 
-Decoding, EXIF orientation, alpha, resizing and scaling run inside the graph and reproduce
-`pipeline.data.imaging.clean_image_bytes` (stretch policy): a raw file served gets the probability
-its preprocessed training example gets. `label` and `class_id` apply the decision threshold
-stored with the model (P(happy) >= threshold is happy). Serving needs TensorFlow only.
+`serving_default` runs THE transform (pipeline.data.transform.transform_batch) with the options
+the training dataset was built with (from its metadata, recorded in train_params.json): the
+same function that made every training example, so a raw file served gets the probability its
+training example gets, and a file the data job refused is answered 400 with its reason. The
+headers' pixel budgets (per image and per request) are checked in the graph before anything is
+decoded, so the real TF Serving serving this export is protected too. `label` and `class_id`
+apply the decision threshold stored with the model (P(happy) >= threshold is happy). Serving
+needs TensorFlow only: every op is a core op.
 """
 
 import dataclasses
@@ -26,19 +30,12 @@ import tensorflow as tf
 
 from pipeline import artifacts, contract, errors
 from pipeline import config as config_lib
+from pipeline.data import transform
 from pipeline.export import evaluate, warmup
 from pipeline.train import models
 
 IMAGE_SIZE = contract.IMAGE_SIZE
-# Images over this many pixels are refused from their header, before decoding (as imaging does).
-MAX_PIXELS = config_lib.TransformConfig().max_pixels
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# EXIF lives in an APP1 segment, which precedes the image data and holds at most 64 KiB.
-_EXIF_HEADER = "Exif\x00\x00"
-_EXIF_SEARCH_BYTES = 1 << 16
-_ORIENTATION_TAG = 0x0112
-_MAX_IFD_ENTRIES = 256
+_MAX_REQUEST_PIXELS = config_lib.ExportConfig.max_request_pixels
 # What the model card keeps of input_pipeline.describe(): no local paths.
 _DATASET_KEYS = ("name", "config", "version", "splits")
 
@@ -58,142 +55,6 @@ class ExportArguments:
     # model card
     evaluation_dir: str | None = None
     lineage: str | None = None  # a JSON file recorded in the model card under 'lineage'
-
-
-# In-graph image preprocessing: the serving twin of pipeline.imaging.
-
-
-def _exif_orientation(tiff: tf.Tensor) -> tf.Tensor:
-    """The Orientation tag (1..8) of IFD0 in a TIFF block (EXIF's payload), 1 if absent.
-
-    Reads past the end or at a bogus offset give zeros, never an error: a damaged EXIF block
-    leaves the image as it is, as Pillow does.
-    """
-    data = tf.cast(tf.io.decode_raw(tiff, tf.uint8), tf.int32)
-    size = tf.size(data)
-    padded = tf.concat([data, [0]], axis=0)  # so that a gather always has an element
-
-    def byte(positions):
-        inside = (positions >= 0) & (positions < size)
-        return tf.where(inside, tf.gather(padded, tf.clip_by_value(positions, 0, size)), 0)
-
-    little_endian = tf.equal(byte(0), ord("I"))
-
-    def uint16(positions):
-        first, second = byte(positions), byte(positions + 1)
-        return tf.where(little_endian, first + second * 256, first * 256 + second)
-
-    def uint32(positions):
-        low, high = uint16(positions), uint16(positions + 2)
-        return tf.where(little_endian, low + high * 65536, low * 65536 + high)
-
-    directory = uint32(4)
-    count = tf.clip_by_value(uint16(directory), 0, _MAX_IFD_ENTRIES)
-    entries = directory + 2 + 12 * tf.range(count)
-    values = uint16(entries + 8)
-    found = (uint16(entries) == _ORIENTATION_TAG) & (values >= 1) & (values <= 8)
-    orientation = tf.reduce_max(tf.where(found, values, 0))
-    return tf.where((uint16(2) == 42) & (orientation >= 1), orientation, 1)
-
-
-def jpeg_orientation(image_bytes: tf.Tensor) -> tf.Tensor:
-    """The EXIF orientation (1..8) of one JPEG, read from its APP1 segment; 1 without one."""
-    head = tf.strings.substr(image_bytes, 0, _EXIF_SEARCH_BYTES)
-    pieces = tf.strings.split(head, sep=_EXIF_HEADER, maxsplit=1)
-    start = tf.strings.length(pieces[0])
-    marker = tf.strings.substr(head, tf.maximum(start - 4, 0), 2)
-    has_exif = (tf.size(pieces) > 1) & (start >= 4) & tf.equal(marker, b"\xff\xe1")
-    return tf.cond(
-        has_exif,
-        lambda: _exif_orientation(tf.strings.substr(head, start + 6, _EXIF_SEARCH_BYTES)),
-        lambda: tf.constant(1),
-    )
-
-
-def _orient(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
-    """Applies an EXIF orientation as PIL's ImageOps.exif_transpose does."""
-
-    def transpose():
-        return tf.transpose(image, [1, 0, 2])
-
-    branches = [
-        lambda: image,
-        lambda: tf.image.flip_left_right(image),
-        lambda: tf.image.rot90(image, 2),
-        lambda: tf.image.flip_up_down(image),
-        transpose,
-        lambda: tf.image.rot90(image, 3),
-        lambda: tf.image.rot90(transpose(), 2),
-        lambda: tf.image.rot90(image, 1),
-    ]
-    return tf.switch_case(orientation - 1, branches)
-
-
-def _check_pixels(height: tf.Tensor, width: tf.Tensor) -> tf.Operation:
-    pixels = tf.cast(height, tf.int64) * tf.cast(width, tf.int64)
-    return tf.debugging.assert_less_equal(
-        pixels,
-        tf.constant(MAX_PIXELS, tf.int64),
-        message=f"image over the pixel budget of {MAX_PIXELS} pixels",
-    )
-
-
-def _decode_jpeg(image_bytes: tf.Tensor) -> tf.Tensor:
-    shape = tf.image.extract_jpeg_shape(image_bytes)
-    with tf.control_dependencies([_check_pixels(shape[0], shape[1])]):
-        # INTEGER_ACCURATE is libjpeg's ISLOW DCT, what Pillow uses: identical pixels.
-        image = tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE")
-    return _orient(image, jpeg_orientation(image_bytes))
-
-
-def _decode_png(image_bytes: tf.Tensor) -> tf.Tensor:
-    header = tf.cast(tf.io.decode_raw(tf.strings.substr(image_bytes, 16, 8), tf.uint8), tf.int32)
-    width = header[0] * 2**24 + header[1] * 2**16 + header[2] * 2**8 + header[3]
-    height = header[4] * 2**24 + header[5] * 2**16 + header[6] * 2**8 + header[7]
-    with tf.control_dependencies([_check_pixels(height, width)]):
-        rgba = tf.cast(tf.io.decode_png(image_bytes, channels=4), tf.float32)
-    # Transparency over white, as imaging.to_rgb composites it.
-    alpha = rgba[..., 3:] / 255.0
-    rgb = rgba[..., :3] * alpha + 255.0 * (1.0 - alpha)
-    return tf.cast(tf.round(rgb), tf.uint8)
-
-
-def _decode_other(image_bytes: tf.Tensor) -> tf.Tensor:
-    return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-
-
-def decode_image(image_bytes: tf.Tensor) -> tf.Tensor:
-    """One encoded image (scalar string) to uint8 RGB (height, width, 3), as imaging cleans it.
-
-    JPEG: Pillow's DCT and the EXIF orientation; PNG: transparency composited on white;
-    GIF, BMP, WebP: TensorFlow's decoder. The format comes from the content, never a name.
-    """
-    is_jpeg = tf.equal(tf.strings.substr(image_bytes, 0, len(_JPEG_MAGIC)), _JPEG_MAGIC)
-    is_png = tf.equal(tf.strings.substr(image_bytes, 0, len(_PNG_MAGIC)), _PNG_MAGIC)
-    image = tf.case(
-        [(is_jpeg, lambda: _decode_jpeg(image_bytes)), (is_png, lambda: _decode_png(image_bytes))],
-        default=lambda: _decode_other(image_bytes),
-    )
-    return tf.ensure_shape(image, [None, None, 3])
-
-
-def resize(image: tf.Tensor) -> tf.Tensor:
-    """uint8 RGB of any size to float32 (256, 256, 3) holding whole numbers 0..255.
-
-    The `stretch` policy, with the method that reproduces imaging's cv2.INTER_AREA; rounding
-    makes the pixels exactly the uint8 values a preprocessed example stores.
-    """
-    resized = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], method="area")
-    return tf.round(tf.clip_by_value(resized, 0.0, 255.0))
-
-
-def preprocess_image_bytes(image_bytes: tf.Tensor) -> tf.Tensor:
-    """A batch of encoded images (strings [N]) to float32 pixels [N, 256, 256, 3] in 0..255."""
-    return tf.map_fn(
-        lambda one: resize(decode_image(one)),
-        image_bytes,
-        fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3], tf.float32),
-    )
 
 
 # The SavedModel.
@@ -235,6 +96,8 @@ def export_model(
     model_card: dict | None = None,
     warmup_images: Sequence[bytes] | None = None,
     model_name: str = contract.MODEL_NAME,
+    transform_options: config_lib.TransformConfig = transform.DEFAULT_OPTIONS,
+    max_request_pixels: int = _MAX_REQUEST_PIXELS,
 ) -> dict:
     """Writes `model` as a TF Serving SavedModel with the serving contract into `export_dir`.
 
@@ -249,6 +112,8 @@ def export_model(
         warmup_images: encoded images for the TF Serving warm-up file; None for a few
             built-in sample faces, empty for no warm-up file.
         model_name: the model name the warm-up requests carry.
+        transform_options: THE transform's options, those the training data was made with.
+        max_request_pixels: the most pixels (from the headers) one request's images may hold.
 
     Returns:
         {"path", "threshold", "signatures", "warmup_requests"}.
@@ -270,7 +135,14 @@ def export_model(
         archive.track(labels)
         archive.add_endpoint(
             contract.SERVING_SIGNATURE,
-            lambda image_bytes: outputs(preprocess_image_bytes(image_bytes)),
+            lambda image_bytes: outputs(
+                tf.cast(
+                    transform.transform_batch(
+                        image_bytes, transform_options, max_batch_pixels=max_request_pixels
+                    ),
+                    tf.float32,
+                )
+            ),
             input_signature=[tf.TensorSpec([None], tf.string, name=contract.BYTES_INPUT)],
         )
         archive.add_endpoint(
@@ -291,6 +163,9 @@ def export_model(
         "threshold": float(threshold),
         "labels": list(contract.LABELS),
         "signatures": _signature_card(),
+        "transform": config_lib.to_dict(transform_options),
+        "accepted_formats": list(transform.ACCEPTED_FORMATS),
+        "max_request_pixels": max_request_pixels,
         "framework": {"tensorflow": tf.__version__, "keras": keras.__version__},
     }
     card.setdefault("created", datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
@@ -397,6 +272,22 @@ def build_model_card(
     }
 
 
+def training_transform(model_path: str) -> config_lib.TransformConfig:
+    """The transform options of the dataset the model was trained on (train_params.json).
+
+    A dataset that does not record them (one not built by the data job) was made with no
+    transform of ours: the default options are served, with a warning.
+    """
+    dataset = evaluate.read_train_params(model_path).get("dataset") or {}
+    if not dataset.get("transform"):
+        logger.warning(
+            "the training dataset %s records no transform options: serving the defaults",
+            dataset.get("name", "(unknown)"),
+        )
+        return config_lib.TransformConfig()
+    return config_lib.from_dict(config_lib.TransformConfig, dataset["transform"])
+
+
 def run(
     config: config_lib.Config,
     *,
@@ -421,17 +312,19 @@ def run(
     model = models.load_model(model_file)
     images = warmup.sample_images(config.export.warmup_images)
     name = config.export.model_name
+    options = training_transform(model_path)
+    extra = {"transform_options": options, "max_request_pixels": config.export.max_request_pixels}
 
     if not artifacts.is_local(export_base):
         # No atomic rename on object stores: export locally, then copy saved_model.pb last.
         with tempfile.TemporaryDirectory(prefix="happysad-export-") as staging:
             local_dir = os.path.join(staging, str(version))
-            result = export_model(model, local_dir, card["threshold"], card, images, name)
+            result = export_model(model, local_dir, card["threshold"], card, images, name, **extra)
             path = artifacts.publish(local_dir, export_base, version)
     else:
         staging = artifacts.staging_dir(export_base, version)
         try:
-            result = export_model(model, staging, card["threshold"], card, images, name)
+            result = export_model(model, staging, card["threshold"], card, images, name, **extra)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

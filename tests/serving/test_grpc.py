@@ -91,7 +91,7 @@ def image_request(model: str, images: list[bytes], **spec) -> predict_pb2.Predic
 
 def test_predict_answers_typed_fields_and_the_model_spec(happysad_server):
     stub = prediction_stub(happysad_server.grpc_address)
-    request = image_request("happysad", [encode_image(230), encode_image(10)])
+    request = image_request("happysad", [encode_image(230, size=64), encode_image(10, size=64)])
     response = stub.Predict(request, TIMEOUT)
     assert (response.model_spec.name, response.model_spec.version.value) == ("happysad", 7)
     assert response.model_spec.signature_name == "serving_default"
@@ -107,9 +107,17 @@ def test_predict_answers_typed_fields_and_the_model_spec(happysad_server):
     assert set(response.outputs) == {"happy_probability", "label", "class_id"}
 
 
+def test_a_file_the_data_job_refuses_is_invalid_argument_with_its_reason(happysad_server):
+    stub = prediction_stub(happysad_server.grpc_address)
+    with pytest.raises(grpc.RpcError) as error:  # 16x16: under the data job's minimum side
+        stub.Predict(image_request("happysad", [encode_image(100, size=16)]), TIMEOUT)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "too_small" in error.value.details()
+
+
 def test_output_filter_and_its_errors(happysad_server):
     stub = prediction_stub(happysad_server.grpc_address)
-    request = image_request("happysad", [encode_image(100)])
+    request = image_request("happysad", [encode_image(100, size=64)])
     request.output_filter.append("label")
     assert set(stub.Predict(request, TIMEOUT).outputs) == {"label"}
     request.output_filter.append("nope")
@@ -121,7 +129,7 @@ def test_output_filter_and_its_errors(happysad_server):
 
 def test_the_same_model_answers_the_same_over_rest_and_grpc(happysad_server, tmp_path):
     image = tmp_path / "face.png"
-    image.write_bytes(encode_image(180))
+    image.write_bytes(encode_image(180, size=64))
     over_rest = client.predict([str(image)], url=happysad_server.url, model="happysad")
     over_grpc = client.predict_grpc(
         [str(image)], target=happysad_server.grpc_address, model="happysad"
@@ -132,7 +140,7 @@ def test_the_same_model_answers_the_same_over_rest_and_grpc(happysad_server, tmp
 
 def test_predict_over_the_unix_socket(happysad_server):
     stub = prediction_stub(f"unix:{happysad_server.socket_path}")
-    response = stub.Predict(image_request("happysad", [encode_image(50)]), TIMEOUT)
+    response = stub.Predict(image_request("happysad", [encode_image(50, size=64)]), TIMEOUT)
     assert response.model_spec.version.value == 7
 
 
@@ -168,7 +176,7 @@ def test_missing_model_is_not_found_with_tf_servings_message(happysad_server):
 )
 def test_predict_errors_carry_tf_servings_codes(happysad_server, change, code, message):
     stub = prediction_stub(happysad_server.grpc_address)
-    request = image_request("happysad", [encode_image(50)])
+    request = image_request("happysad", [encode_image(50, size=64)])
     change(request)
     with pytest.raises(grpc.RpcError) as error:
         stub.Predict(request, TIMEOUT)

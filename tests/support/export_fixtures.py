@@ -2,7 +2,7 @@
 
 The images have what real photos have and flat test patterns lack (smooth gradients, fine
 noise, soft-edged shapes, odd sizes and aspect ratios, JPEG artefacts, EXIF rotation, alpha),
-so a resize or decode that differs from `pipeline.imaging` shows up in the predictions.
+so a resize or decode that differs from THE transform shows up in the predictions.
 """
 
 import io

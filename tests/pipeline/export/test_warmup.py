@@ -21,7 +21,7 @@ def test_samples_vary_in_format_mode_and_size():
     assert any(min(picture.size) > 256 for picture in pictures)
     transformer = transform.Transformer(config.TransformConfig())
     for data in samples:  # what the exported model must accept, the data job accepts too
-        assert transformer(data).image is not None
+        assert transformer(data).pixels is not None
 
 
 def test_samples_are_deterministic_and_depend_on_the_seed():

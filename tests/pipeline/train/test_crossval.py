@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from pipeline import config, errors
-from pipeline.export import saved_model as export
+from pipeline.data import transform
 from pipeline.train import crossval
 from tests.support import fake_fer, tiny_tfds
 
@@ -52,14 +52,14 @@ def test_folds_keep_each_person_on_one_side_and_stay_even():
         crossval.person_folds(labels, people, 20, seed=0)
 
 
-def test_faces_go_through_the_serving_graph_preprocessing(faces_dir):
+def test_faces_go_through_the_one_transform(faces_dir):
     faces = crossval.load_faces(faces_dir)
     assert faces.pixels.shape == (24, 256, 256, 3) and faces.pixels.dtype == np.uint8
     assert faces.labels.tolist().count(1) == 12 and set(faces.people) == set(PEOPLE)
     first = sorted(os.listdir(os.path.join(faces_dir, "sad")))[0]
     with open(os.path.join(faces_dir, "sad", first), "rb") as file:
-        served = export.preprocess_image_bytes(tf.constant([file.read()]))[0].numpy()
-    np.testing.assert_array_equal(faces.pixels[0], served.astype(np.uint8))
+        served = transform.transform(tf.constant(file.read())).numpy()
+    np.testing.assert_array_equal(faces.pixels[0], served)
 
 
 @pytest.mark.slow

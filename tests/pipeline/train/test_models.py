@@ -5,11 +5,9 @@ import dataclasses
 import keras
 import numpy as np
 import pytest
-import tensorflow
 
 from pipeline import config, errors
 from pipeline.train import backbones, models
-from tests.support import drawn_faces
 
 
 def _images(count=2, seed=0):
@@ -192,40 +190,3 @@ def test_backbones_get_the_rewritten_shortcuts_with_the_same_outputs(fer_file):
     assert [type(layer).__name__ for layer in backbone.layers] == kinds
     seed = models.build_model(options(filters=4, dense_units=8))
     assert models.without_strided_pointwise(seed) is seed  # nothing to rewrite
-
-
-def test_face_crop_finds_the_face_wherever_it_is_and_trains(fer_file):
-    face = drawn_faces.drawn_face(110, canvas=(256, 256))  # face centred at x=168, y=128
-    elsewhere = np.full((256, 256, 3), 90, dtype=np.uint8)
-    elsewhere[40:168, 0:128] = drawn_faces.drawn_face(55, canvas=(128, 128))  # smaller, moved
-    images = np.stack([face, elsewhere]).astype("float32") / 255.0
-    crops = models.FaceCrop(margin=0.1)(images).numpy()
-    assert crops.shape == images.shape
-    # Both crops show one face filling the frame, centred on it.
-    skin = np.array([205, 170, 140]) / 255.0
-
-    def skin_mask(image):
-        return np.all(np.abs(image - skin) < 0.06, axis=-1)
-
-    assert skin_mask(images[1]).mean() < 0.15
-    for crop in crops:
-        mask = skin_mask(crop)
-        rows, columns = np.nonzero(mask)
-        assert mask.mean() > 0.35
-        assert abs(rows.mean() - 128) < 30 and abs(columns.mean() - 128) < 20
-    blank = np.full((1, 256, 256, 3), 0.35, dtype="float32")  # no face: passed whole
-    np.testing.assert_allclose(models.FaceCrop()(blank).numpy(), blank, atol=1e-6)
-
-    train = config.replace(
-        config.recommended().train,
-        fine_tune=False,
-        **{"model.backbone_weights": fer_file, "model.face_crop": True, "model.face_margin": 0.1},
-    )
-    model = models.build_model(train, seed=0)
-    bias = model.get_layer("fer_transfer").get_layer("calibration").bias
-    before = float(bias.numpy())
-    batches = tensorflow.data.Dataset.from_tensor_slices((images, np.array([1, 0]))).batch(2)
-    model.fit(batches, epochs=1, verbose=0)  # batches of unknown size, as `happysad train`
-    assert float(bias.numpy()) != before  # a real gradient step through the cropped images
-    with pytest.raises(ValueError, match="margin"):
-        models.FaceCrop(margin=-0.1)

@@ -17,7 +17,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps, PngImagePlugin
 
-from pipeline import transform
+from pipeline.data import transform
 
 # Tiny pictures are allowed here; the default budgets are tested on their own.
 SMALL = transform.TransformOptions(min_side=1, max_aspect_ratio=100.0)
