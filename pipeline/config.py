@@ -145,6 +145,11 @@ class TrainConfig:
     # with AVX512_BF16 or AMX, else float32
     precision: Precision = "float32"
     deterministic: bool = False  # TensorFlow op determinism (bit-identical reruns, slower)
+    # recipes also trained when this one's validation AUC is under --alternatives-below; the
+    # one with the best validation AUC is kept (and recorded in train_params.json and the
+    # model card), as a tuner would choose
+    alternatives: tuple[str, ...] = ()
+    alternatives_below: float = 0.95  # validation AUC under which the alternatives are tried
     train_split: str = "train"  # TFDS split to train on (slices such as train[:800] work)
     validation_split: str = "validation"  # TFDS split to validate on ('' for none)
     model: ModelConfig = ModelConfig()
@@ -158,6 +163,9 @@ class TrainConfig:
             raise ValueError("head epochs and fine_tune_min_examples must be 0 or more")
         if self.early_stopping_patience < 0:
             raise ValueError("early stopping patience must be 0 (off) or more")
+        unknown = [name for name in self.alternatives if name not in RECIPES]
+        if unknown:
+            raise ValueError(f"unknown alternative recipes {unknown} (choose from {list(RECIPES)})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +274,9 @@ def recommended() -> Config:
     then, given enough images, the whole network is fine-tuned (1,600 synthetic faces, unlike
     anything in FER-2013, need it; a few hundred real photos are better spent on the head).
     float32: this small network trains slower in bfloat16, even on CPUs that have it
-    (benchmarks/bench_train.py).
+    (benchmarks/bench_train.py). When its validation AUC stays under 0.95 (pictures unlike
+    face crops: half-body shots, groups, drawings), the seed's CNN is trained as well and the
+    better of the two on the validation split is kept: never worse than the seed's recipe.
     """
     train = TrainConfig(
         epochs=12,  # 6 head epochs, then 6 of fine-tuning
@@ -276,6 +286,7 @@ def recommended() -> Config:
         head_learning_rate=0.05,
         fine_tune_min_examples=1000,
         class_weights=True,
+        alternatives=("seed",),
         model=ModelConfig(model="fer_transfer", flip_average=True),
     )
     return Config(recipe="recommended", train=train)

@@ -49,6 +49,7 @@ MANIFEST_COLUMNS = (
     "orientation",
     "grayscale",
     "brightness",
+    "face",
     "bytes",
     "duplicate_of",
 )
@@ -124,6 +125,7 @@ def manifest_row(
         "orientation": info.orientation if info.width else "",
         "grayscale": "" if info.grayscale is None else info.grayscale,
         "brightness": "" if info.brightness is None else info.brightness,
+        "face": "" if info.face is None else info.face,
         "bytes": "" if size is None else size,
         "duplicate_of": duplicate_of,
     }
@@ -148,10 +150,12 @@ class ValidateImages(beam.DoFn):
     def __init__(self, data: config_lib.DataConfig):
         self._data = data
         self._transformer = None
+        self._faces = None
 
     def setup(self):
         _one_tensorflow_thread()
         self._transformer = transform.Transformer(self._data.transform)
+        self._faces = validate.FaceFinder()
 
     def process(self, groups):
         pending = []  # (source, data, sha256, verdict) of every readable file
@@ -191,6 +195,8 @@ class ValidateImages(beam.DoFn):
             yield beam.pvalue.TaggedOutput(self.MANIFEST, row)
             return
         _count(validate.ACCEPTED)
+        if validate.in_face_sample(sha256):
+            info = info._replace(face=self._faces(image))
         yield beam.pvalue.TaggedOutput(
             self.MANIFEST, manifest_row(source, info, sha256, split, size)
         )

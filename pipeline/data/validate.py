@@ -50,6 +50,7 @@ class ImageInfo(NamedTuple):
     orientation: int = 1
     grayscale: bool | None = None
     brightness: float | None = None
+    face: bool | None = None  # whether MTCNN finds a face; None where not looked (a sample)
 
 
 def judge(result: "transform.Result") -> tuple[np.ndarray | None, ImageInfo]:
@@ -73,6 +74,37 @@ def judge(result: "transform.Result") -> tuple[np.ndarray | None, ImageInfo]:
         return None, info
     grayscale, brightness = colour_statistics(result.pixels)
     return result.pixels, info._replace(grayscale=grayscale, brightness=brightness)
+
+
+FACE_SAMPLE_EVERY = 8  # one accepted image in this many (by content hash) is looked at
+
+
+def in_face_sample(sha256: str) -> bool:
+    """Whether an image (by the hex sha256 of its bytes) is in the face-detection sample."""
+    return int(sha256[:8], 16) % FACE_SAMPLE_EVERY == 0
+
+
+class FaceFinder:
+    """Whether MTCNN (pipeline.data.face_detection) finds a face in transformed pixels.
+
+    For the report's share of images with a detectable face: the face-expression network
+    reads faces, and pictures without one (landscapes, drawings, far-away groups) need
+    --face-crop or another recipe. The detector's weights load at the first call.
+    """
+
+    def __init__(self):
+        self._found = None
+
+    def __call__(self, image: np.ndarray) -> bool:
+        if self._found is None:
+            import tensorflow as tf
+
+            from pipeline.data import face_detection
+
+            detector = face_detection.FaceDetector()
+            margin = tf.constant(0.0)
+            self._found = lambda pixels: bool(detector.largest_face_box(pixels, margin)[1])
+        return self._found(image)
 
 
 def colour_statistics(image: np.ndarray) -> tuple[bool, float]:

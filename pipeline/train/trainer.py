@@ -382,7 +382,7 @@ def run(
         final_metrics=metrics,
     )
     artifacts.write_json(params_path, params)
-    return {
+    summary = {
         "model": model_path,
         "recipe": config.recipe,
         "architecture": train_config.model.model,
@@ -391,6 +391,96 @@ def run(
         "best_epoch": state.get("best_epoch"),
         "model_epoch": model_epoch,
         "metrics": metrics,
+    }
+    if train_config.alternatives:
+        summary = _select(config, summary, output_dir, dataset, data_dir, validate)
+    return summary
+
+
+ALTERNATIVES_DIR = "alternatives"
+_SELECTION_METRIC = "val_auc"
+
+
+def _select(config, summary: dict, output_dir: str, dataset: str, data_dir, validate: bool):
+    """Trains the alternative recipes when this one scores under the bar; keeps the best.
+
+    Every candidate is judged by its validation AUC at the epoch its model.keras holds (the
+    test split never sees the choice). A winning alternative's model.keras, history and
+    curves are copied over this directory's, and train_params.json says which recipe it is
+    (`config`) and what was compared (`selection`).
+    """
+    own = summary["metrics"].get(_SELECTION_METRIC)
+    train = config.train
+    if not validate or own is None:
+        logger.warning("no validation split: the alternatives %s are not tried", train.alternatives)
+        return summary
+    candidates = [{"recipe": config.recipe, _SELECTION_METRIC: own, "directory": output_dir}]
+    if own < train.alternatives_below:
+        logger.info(
+            "%s: validation AUC %.3f under %.2f: training %s too",
+            config.recipe,
+            own,
+            train.alternatives_below,
+            ", ".join(train.alternatives),
+        )
+        for name in train.alternatives:
+            alternative = config_lib.replace(
+                config_lib.recipe(name), seed=config.seed, data=config.data
+            )
+            alternative = config_lib.replace(
+                alternative,
+                **{
+                    "train.alternatives": (),
+                    "train.train_split": train.train_split,
+                    "train.validation_split": train.validation_split,
+                },
+            )
+            directory = os.path.join(output_dir, ALTERNATIVES_DIR, name)
+            result = run(alternative, output_dir=directory, dataset=dataset, data_dir=data_dir)
+            score = result["metrics"].get(_SELECTION_METRIC)
+            if score is not None:
+                candidates.append(
+                    {"recipe": name, _SELECTION_METRIC: score, "directory": directory}
+                )
+    best = max(candidates, key=lambda candidate: candidate[_SELECTION_METRIC])  # ties: first
+    params_path = os.path.join(output_dir, contract.TRAIN_PARAMS_FILE)
+    params = artifacts.read_json(params_path)
+    if best["directory"] != output_dir:
+        for name in (contract.MODEL_FILE, contract.HISTORY_FILE, contract.TRAINING_CURVES_PLOT):
+            source = os.path.join(best["directory"], name)
+            if os.path.isfile(source):
+                artifacts.write_with(
+                    os.path.join(output_dir, name),
+                    lambda temporary, source=source: shutil.copyfile(source, temporary),
+                )
+        chosen = artifacts.read_json(os.path.join(best["directory"], contract.TRAIN_PARAMS_FILE))
+        params.update({key: chosen[key] for key in ("config", "final_metrics", "model_epoch")})
+        summary = {**run_summary(chosen, output_dir), "resumed_from_epoch": 0}
+    params["selection"] = {
+        "metric": _SELECTION_METRIC,
+        "split": train.validation_split,
+        "chosen": best["recipe"],
+        "candidates": [
+            {key: value for key, value in candidate.items() if key != "directory"}
+            for candidate in candidates
+        ],
+    }
+    artifacts.write_json(params_path, params)
+    logger.info("kept %s (validation AUC %.3f)", best["recipe"], best[_SELECTION_METRIC])
+    return {**summary, "selection": params["selection"]}
+
+
+def run_summary(params: dict, output_dir: str) -> dict:
+    """What `run` returns, from a finished run's train_params.json."""
+    config = params["config"]
+    return {
+        "model": os.path.join(output_dir, contract.MODEL_FILE),
+        "recipe": config["recipe"],
+        "architecture": config["train"]["model"]["model"],
+        "epochs_completed": params.get("epochs_completed"),
+        "best_epoch": params.get("best_epoch"),
+        "model_epoch": params.get("model_epoch"),
+        "metrics": params.get("final_metrics", {}),
     }
 
 

@@ -17,6 +17,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps, PngImagePlugin
 
+from pipeline import config
 from pipeline.data import transform
 
 # Tiny pictures are allowed here; the default budgets are tested on their own.
@@ -721,3 +722,26 @@ def test_options_are_validated():
         transform.TransformOptions(resize_policy="zoom")
     with pytest.raises(ValueError, match="aspect"):
         transform.TransformOptions(max_aspect_ratio=0.5)
+
+
+def test_face_crop_cuts_the_largest_face_before_the_resize_and_keeps_faceless_images():
+    from tests.support import drawn_faces
+
+    options = config.TransformConfig(face_crop=True, face_margin=0.1)
+    face = drawn_faces.drawn_face(110, canvas=(256, 512))  # a face right of centre, 2:1 canvas
+    data = encode(Image.fromarray(face), "PNG")
+    cropped = transform.transform(data, options).numpy()
+    whole = transform.transform(data, config.TransformConfig()).numpy()
+    skin = np.array([205, 170, 140])
+
+    def skin_share(image):
+        return np.all(np.abs(image.astype(int) - skin) < 16, axis=-1).mean()
+
+    assert skin_share(cropped) > 0.4 > skin_share(whole)  # the face fills the crop
+    rows, columns = np.nonzero(np.all(np.abs(cropped.astype(int) - skin) < 16, axis=-1))
+    assert abs(rows.mean() - 128) < 30 and abs(columns.mean() - 128) < 30  # centred on it
+    blank = encode(Image.new("RGB", (300, 200), (90, 90, 90)), "PNG")  # no face: kept whole
+    np.testing.assert_array_equal(
+        transform.transform(blank, options).numpy(),
+        transform.transform(blank, config.TransformConfig()).numpy(),
+    )

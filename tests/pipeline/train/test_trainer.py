@@ -49,8 +49,16 @@ def _config(recipe="seed", **changes) -> config.Config:
         if recipe.startswith("seed")
         else {}
     )
-    # No XLA: compiling each tiny run would cost more than running it.
-    values = {"train.epochs": 2, "train.batch_size": 8, "train.xla": "off", **small, **changes}
+    # No XLA: compiling each tiny run would cost more than running it; no alternative recipes
+    # (they train at their own, full size) unless a test asks for them.
+    values = {
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "train.xla": "off",
+        "train.alternatives": (),
+        **small,
+        **changes,
+    }
     return config.replace(config.recipe(recipe), **values)
 
 
@@ -282,3 +290,59 @@ def test_every_model_option_trains_and_reloads(tiny_data_dir, tmp_path, fer_whee
     assert model.output_shape == (None, 1)
     probabilities = model.predict(np.zeros((1, 256, 256, 3), "float32"), verbose=0)
     assert 0.0 <= float(probabilities[0, 0]) <= 1.0
+
+
+def test_an_alternative_recipe_is_kept_when_it_scores_better_on_validation(
+    tiny_data_dir, tmp_path, monkeypatch
+):
+    # The recipe under test sees nothing: a FER network whose weights are all zero answers
+    # the same for every image (validation AUC 0.5). The alternative, a tiny seed CNN, learns
+    # the bright and dark discs of tiny_tfds in a few epochs.
+    blind = fake_fer.model()
+    blind.set_weights([np.zeros_like(weight) for weight in blind.get_weights()])
+    blind_file = str(tmp_path / "blind.hdf5")
+    blind.save(blind_file)
+    tiny = _config("seed", **{"train.epochs": 4, "train.learning_rate": 3e-3})
+    monkeypatch.setitem(
+        config.RECIPES, "tiny_seed", lambda: config.replace(tiny, recipe="tiny_seed")
+    )
+    cfg = _config(
+        "recommended",
+        **{
+            "train.epochs": 1,
+            "train.head_epochs": 1,
+            "train.model.backbone_weights": blind_file,
+            "train.alternatives": ("tiny_seed",),
+            "train.alternatives_below": 0.95,
+        },
+    )
+    summary = _train(cfg, tmp_path / "run", tiny_data_dir)
+    selection = summary["selection"]
+    scores = {row["recipe"]: row["val_auc"] for row in selection["candidates"]}
+    assert scores["recommended"] == pytest.approx(0.5) and scores["tiny_seed"] > 0.5
+    assert selection["chosen"] == "tiny_seed" and summary["architecture"] == "seed_cnn"
+    params = json.loads((tmp_path / "run" / "train_params.json").read_text())
+    assert params["selection"]["chosen"] == "tiny_seed"
+    assert params["config"]["train"]["learning_rate"] == 3e-3  # the chosen recipe's config
+    chosen = keras.models.load_model(
+        tmp_path / "run" / "alternatives" / "tiny_seed" / "model.keras"
+    )
+    kept = keras.models.load_model(tmp_path / "run" / "model.keras")
+    for expected, actual in zip(chosen.weights, kept.weights, strict=True):
+        np.testing.assert_array_equal(expected.numpy(), actual.numpy())
+
+
+def test_alternatives_are_not_trained_when_the_recipe_clears_the_bar(tiny_data_dir, tmp_path):
+    cfg = _config(
+        "seed",
+        **{
+            "train.epochs": 4,
+            "train.learning_rate": 3e-3,
+            "train.alternatives": ("seed_augmented",),
+            "train.alternatives_below": 0.0,  # any AUC clears it
+        },
+    )
+    summary = _train(cfg, tmp_path, tiny_data_dir)
+    assert summary["selection"]["chosen"] == "seed"
+    assert [row["recipe"] for row in summary["selection"]["candidates"]] == ["seed"]
+    assert not (tmp_path / "alternatives").exists()
