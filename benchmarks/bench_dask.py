@@ -1,9 +1,10 @@
-"""The data job on a Dask cluster (pipeline/dask_runner.py) against the local runner.
+"""The data job on a Dask cluster (pipeline/data/dask_runner.py) against the local runner.
 
-The job is `happysad build --config folder` (the TFDS build: list, hash, dedupe, validate,
-decode, resize, encode, write the dataset) on a folder of distinct face JPEGs that
-bench_preprocess.make_faces derives from ../shared/data/faces (drawn faces without it):
-FULL_IMAGES, or QUICK_IMAGES with --quick. Same folder, same run:
+The job is `happysad build --input F` (the TFDS build: list, hash, group copies, read, THE
+transform, judge, manifest, report, then TFDS's writer) on common.face_folder's folder of
+distinct face JPEGs (derived from ../shared/data/faces, drawn faces without it; 5% of them 6-12
+megapixel photos), shared with bench_preprocess in the run's scratch folder: FULL_IMAGES, or
+QUICK_IMAGES with --quick. Same folder, same run:
 
 - the local runner `happysad build` uses without --runner (the FnApiRunner) with 2 worker
   processes, against DaskRunner on a LocalCluster of 2 single-threaded worker processes on the
@@ -25,12 +26,12 @@ import os
 import shutil
 import time
 
-import bench_preprocess
 import common
 import distributed
 import psutil
 
-from pipeline import build
+from pipeline import config as config_lib
+from pipeline.data import build
 
 NAME = "dask"
 FULL_IMAGES = 20000
@@ -41,13 +42,11 @@ QUICK_REPEATS = 1
 
 
 def build_seconds(folder: str, data_dir: str, beam_args: list[str]) -> float:
-    """Wall-clock seconds of `happysad build --config folder` into a fresh data_dir."""
+    """Wall-clock seconds of `happysad build --input folder` into a fresh data_dir."""
     shutil.rmtree(data_dir, ignore_errors=True)
-    config = build.BuildConfig(
-        config="folder", manual_dir=folder, data_dir=data_dir, beam_args=tuple(beam_args)
-    )
+    config = config_lib.replace(config_lib.Config(), **{"data.input": folder})
     start = time.perf_counter()
-    summary = build.run(config)
+    summary = build.run(config, data_dir=data_dir, beam_args=tuple(beam_args))
     seconds = time.perf_counter() - start
     if sum(split["num_examples"] for split in summary["splits"].values()) == 0:
         raise RuntimeError(f"the build of {folder} made no examples")
@@ -88,10 +87,11 @@ def dask_seconds(folder: str, data_dir: str, workers: int, warmup: str | None) -
 
 def run(workdir: str, quick: bool) -> list[common.Row]:
     count = QUICK_IMAGES if quick else FULL_IMAGES
-    folder = os.path.join(workdir, f"faces_{count}")
-    bench_preprocess.make_faces(folder, count)
-    warmup = os.path.join(workdir, "faces_warmup")
-    bench_preprocess.make_faces(warmup, WARMUP_IMAGES)
+    paths = common.scratch_face_folder(workdir, count)
+    folder = common.folder_root(paths[0])
+    warmup = common.folder_root(
+        common.subset_folder(paths[:WARMUP_IMAGES], os.path.join(workdir, "warmup"))[0]
+    )
     data_dir = os.path.join(workdir, "tfds")
     wall = {"local": [], "cold 2": [], "warm 2": [], "warm 1": []}
     cpu = {"warm 2": [], "warm 1": []}
@@ -103,7 +103,7 @@ def run(workdir: str, quick: bool) -> list[common.Row]:
             wall[f"warm {workers}"].append(seconds)
             cpu[f"warm {workers}"].append(cpu_seconds)
     best = {name: min(values) for name, values in wall.items()}
-    job = f"happysad build --config folder, {count} JPEGs"
+    job = f"happysad build --input, {count} JPEGs (5% 6-12 MP)"
     local = f"local runner (FnApiRunner), 2 worker processes, {best['local']:.1f} s"
     one_worker = f"DaskRunner, 1 worker, {best['warm 1']:.1f} s"
     row = functools.partial(common.Row, NAME, higher_is_better=False)

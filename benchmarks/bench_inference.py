@@ -1,13 +1,16 @@
 """Inference throughput of the exported SavedModel, at batch 1 and 32, per signature.
 
-Same model, same images, same process: the default seed CNN (random weights: speed does not
-depend on them) exported with `pipeline.export.export_model` and loaded back with plain
-`tf.saved_model.load`, as TF Serving runs it.
-  serving_default  JPEG bytes in (LFW-style 250x250 faces): decode, EXIF, resize, model.
-  predict_images   preprocessed float pixels in: the model alone.
-Baselines: the same work done the Python way (imaging.clean_image_bytes + Keras
-predict_on_batch) for serving_default, and Keras predict_on_batch for predict_images; the
-batch-32 rows are also reported against batch 1 (the gain from batching).
+Same model, same images, same process: the seed CNN (float32, random weights: speed does not
+depend on them) exported with `pipeline.export.saved_model.export_model` and loaded back with
+plain `tf.saved_model.load`, as TF Serving runs it.
+  serving_default  JPEG bytes in (LFW-style 250x250 faces): THE transform in the graph
+                   (pipeline.data.transform.transform_batch: sniff, header budgets, decode,
+                   orientation, resize), then the model.
+  predict_images   transformed pixels in (float 0..255): the model alone.
+Baselines: the same work done from Python, eagerly: the data job's per-file call
+(`transform.Transformer`) for each image, then Keras predict_on_batch, for serving_default;
+Keras predict_on_batch for predict_images. The batch-32 rows are also reported against batch 1
+(the gain from batching).
 """
 
 import glob
@@ -19,24 +22,27 @@ import common
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data import imaging, synthetic_faces
+from pipeline import config as config_lib
+from pipeline import contract
+from pipeline.data import synthetic_faces, transform
 from pipeline.export import saved_model as export
 from pipeline.export import warmup
+from pipeline.train import models
 
 NAME = "inference"
 BATCH_SIZES = (1, 32)
 _ROUNDS = 7
 
 
-def _faces(count: int) -> list[bytes]:
-    """JPEG bytes of faces: the shared photos that preprocessing accepts, else synthetic ones."""
+def _faces(count: int, transformer: transform.Transformer) -> list[bytes]:
+    """JPEG bytes of faces: the shared photos that the transform accepts, else synthetic ones."""
     faces_dir = common.shared_faces_dir()
     paths = sorted(glob.glob(os.path.join(faces_dir, "*", "*.jpg"))) if faces_dir else []
     images = []
     for path in paths:
         with open(path, "rb") as handle:
             data = handle.read()
-        if imaging.clean_image_bytes(data)[1].status == imaging.ACCEPTED:
+        if transformer(data).pixels is not None:
             images.append(data)
     if images:
         return (images * (count // len(images) + 1))[:count]
@@ -47,24 +53,8 @@ def _faces(count: int) -> list[bytes]:
 
 
 def _model():
-    try:
-        from pipeline.train import models
-    except ImportError:  # before the trainer's models land: the seed's architecture by hand
-        import keras
-
-        layers = [keras.Input((256, 256, 3))]
-        for filters in (16, 32, 64):
-            layers += [
-                keras.layers.Conv2D(filters, 3, activation="relu"),
-                keras.layers.MaxPooling2D(),
-            ]
-        layers += [
-            keras.layers.Flatten(),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(1, activation="sigmoid"),
-        ]
-        return keras.Sequential(layers)
-    return models.build_model(models.ModelOptions(), seed=0)
+    """The seed CNN in float32 (the default TrainConfig's model), random weights."""
+    return models.build_model(config_lib.TrainConfig(precision="float32"), seed=0)
 
 
 def _images_per_second(calls: dict, seconds: float) -> dict:
@@ -99,11 +89,12 @@ def run(workdir: str, quick: bool) -> list[common.Row]:
         tf.io.gfile.rmtree(export_dir)
     export.export_model(model, export_dir, 0.5, {"model_name": "bench"}, [])
     loaded = tf.saved_model.load(export_dir)
-    serving_default = loaded.signatures[export.SERVING_SIGNATURE]
-    predict_images = loaded.signatures[export.IMAGES_SIGNATURE]
+    serving_default = loaded.signatures[contract.SERVING_SIGNATURE]
+    predict_images = loaded.signatures[contract.IMAGES_SIGNATURE]
 
-    jpegs = _faces(64)
-    pixels = [imaging.clean_image_bytes(data)[0].astype(np.float32) for data in jpegs]
+    transformer = transform.Transformer()
+    jpegs = _faces(64, transformer)
+    pixels = [transformer(data).pixels.astype(np.float32) for data in jpegs]
 
     def served_bytes(batch):
         serving_default(image_bytes=tf.constant(batch))["happy_probability"].numpy()
@@ -112,7 +103,7 @@ def run(workdir: str, quick: bool) -> list[common.Row]:
         predict_images(images=tf.constant(np.stack(batch)))["happy_probability"].numpy()
 
     def python_bytes(batch):
-        cleaned = np.stack([imaging.clean_image_bytes(data)[0] for data in batch])
+        cleaned = np.stack([transformer(data).pixels for data in batch])
         model.predict_on_batch(cleaned.astype(np.float32) / 255.0)
 
     def keras_pixels(batch):
@@ -139,7 +130,7 @@ def run(workdir: str, quick: bool) -> list[common.Row]:
                 f"serving_default (JPEG bytes), batch {batch_size}",
                 figures["serving_default"],
                 "images/s",
-                f"imaging.clean_image_bytes + Keras, batch {batch_size}",
+                f"transform.Transformer per file + Keras, batch {batch_size}",
                 figures["python"],
             ),
             common.Row(

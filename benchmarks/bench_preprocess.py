@@ -1,195 +1,288 @@
-"""Preprocessing throughput: the Beam pipeline against a plain single-process OpenCV loop.
+"""The data job (issue 11) on a folder of 20,000 JPEGs, against a 1-core loop of its transform.
 
-Same images, same run: (a) read + cv2.imdecode + cv2.resize(INTER_AREA) to 256x256 in one
-process, the most one core does for this job; (b) CleanImages (read, hash, dedupe, validate,
-decode, normalise, resize, colour statistics, split) with the DirectRunner's options for 1 and
-2 worker processes, on the local runner `happysad preprocess` uses (the portable FnApiRunner
-that DirectRunner falls back to, pipeline/beam_options.py); (c) the whole `happysad
-preprocess` run with 2 workers, writing images, TFRecords, manifest and report. Target: (b)
-with 2 workers at least 1.2x (a). The figures keep the name DirectRunner: its options, its
-engine.
+The folder is common.scratch_face_folder's (shared with bench_dask): unique JPEG faces derived from ../shared/data/faces (drawn
+faces without it) with small perturbations, 5% of them 6 to 12 megapixel photos. Same files,
+same run:
 
-The DirectRunner's start (pipeline translation, worker processes, gRPC, imports) is a fixed
-cost of seconds, more than (a) takes for the whole folder, so (b) is also given with it
-excluded: the same pipeline timed on a SMALL_IMAGES folder, subtracted, per worker count.
-The workers keep freed heap (imaging.keep_freed_memory, in ValidateImages.setup); the loop is
-timed under the same allocator setting, and once before it for reference. The machine may be
-shared: every figure is the best of REPEATS runs, interleaved.
+  1-core loop      a subprocess pinned to one core with one TensorFlow thread reads every file
+                   and calls THE transform as the data job's workers do
+                   (`transform.Transformer.many`, batches of job._MAX_BATCH files); beside
+                   it the bare floor: tf.io.decode_jpeg + area resize + round, one file per call.
+  preprocess       `happysad preprocess --input F --output O` (the data job without the TFDS
+                   writer: list, hash, group copies, read, transform, judge, manifest, report),
+                   as a user runs it: a new process, wall clock from its start to its exit,
+                   with 2 and with 1 Beam worker process (--direct_num_workers=N
+                   --direct_running_mode=multi_processing).
+  build            `happysad build --input F` (the same job, plus TFDS's Beam writer) with 2
+                   workers, into a fresh data directory.
+
+Peak memory is summed over the command's whole process tree (the driver and its Beam worker
+processes), sampled every SAMPLE_SECONDS, at two folder sizes (the smaller folder is the first
+files of the bigger one, hard-linked): RSS, which counts the pages the processes share (the
+TensorFlow library) once per process, and PSS, which shares them out. Targets (issue 11): 2
+workers >= 0.5x the 1-core loop, 2 workers >= 1.5x 1 worker, peak memory (RSS) under 2 GB and
+independent of the folder's size. Each preprocess figure is the best of REPEATS interleaved
+runs (the build runs once per size); the 1-core loops are the best of two passes.
 """
 
+import argparse
 import functools
-import glob
+import json
 import os
+import shutil
+import subprocess
+import sys
+import threading
 import time
+import typing
 
-import apache_beam as beam
 import common
-import cv2
-import numpy as np
-
-from pipeline.data import beam_options, imaging, preprocess
+import psutil
 
 NAME = "preprocess"
-FULL_IMAGES = 4000
-QUICK_IMAGES = 600
-SMALL_IMAGES = 40
-REPEATS = 3
+FULL_SIZES = (5000, 20000)
+QUICK_SIZES = (100, 400)
+REPEATS, QUICK_REPEATS = 2, 1
+SAMPLE_SECONDS = 0.1
+MEMORY_TARGET_MIB = 1907  # 2 GB
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_ENVIRONMENT = {"PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def make_faces(folder: str, count: int) -> list[str]:
-    """`count` small face JPEGs under folder/happy and folder/sad, all with distinct bytes.
-
-    Varied crops, flips, sizes (64..250 px) and brightness of the shared LFW-style faces when
-    they are present, else drawn cartoon faces.
-    """
-    existing = sorted(glob.glob(os.path.join(folder, "*", "*.jpg")))
-    if len(existing) >= count:
-        return existing[:count]
-    faces = _shared_faces() or _drawn_faces()
-    rng = np.random.default_rng(0)
-    paths = []
-    for index in range(count):
-        label = ("happy", "sad")[index % 2]
-        face = faces[label][index // 2 % len(faces[label])]
-        height, width = face.shape[:2]
-        crop = rng.uniform(0.75, 1.0)
-        crop_height, crop_width = int(height * crop), int(width * crop)
-        top = rng.integers(0, height - crop_height + 1)
-        left = rng.integers(0, width - crop_width + 1)
-        variant = face[top : top + crop_height, left : left + crop_width]
-        if rng.random() < 0.5:
-            variant = variant[:, ::-1]
-        side = int(rng.integers(64, 251))
-        variant = cv2.resize(variant, (side, int(side * rng.uniform(0.9, 1.25))))
-        variant = cv2.convertScaleAbs(
-            variant, alpha=rng.uniform(0.8, 1.2), beta=rng.uniform(-20, 20)
-        )
-        path = os.path.join(folder, label, f"face_{index:05d}.jpg")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        cv2.imwrite(path, variant, [cv2.IMWRITE_JPEG_QUALITY, 90])
-        paths.append(path)
-    return paths
+def loop_rates(paths: list[str], listing: str) -> dict[str, float]:
+    """Images per second of the two 1-core loops over `paths` (best of the repeats)."""
+    with open(listing, "w", encoding="utf-8") as stream:
+        json.dump(paths, stream)
+    output = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--loop", listing],
+        env={**os.environ, **_ENVIRONMENT},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
 
 
-def _shared_faces() -> dict | None:
-    root = common.shared_faces_dir()
-    if root is None:
-        return None
-    return {
-        label: [cv2.imread(path) for path in sorted(glob.glob(os.path.join(root, label, "*.jpg")))]
-        for label in ("happy", "sad")
-    }
+def _loop(paths: list[str], repeats: int) -> dict[str, float]:
+    """In the subprocess: one core, one TensorFlow thread, every file read and transformed."""
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    import tensorflow as tf
 
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    from pipeline.data import job, transform
 
-def _drawn_faces() -> dict:
-    faces = {"happy": [], "sad": []}
-    for index in range(32):
-        image = np.full((250, 250, 3), 60 + 5 * index, np.uint8)
-        cv2.ellipse(image, (125, 125), (80, 105), 0, 0, 360, (140, 170, 205), -1)
-        for side in (-1, 1):
-            cv2.circle(image, (125 + side * 35, 100), 9, (30, 30, 40), -1)
-        smile = index % 2 == 0
-        start, end = (0, 180) if smile else (180, 360)
-        cv2.ellipse(image, (125, 170 if smile else 185), (35, 15), 0, start, end, (60, 50, 130), 4)
-        faces["happy" if smile else "sad"].append(image)
-    return faces
+    transformer = transform.Transformer(transform.DEFAULT_OPTIONS)
+    side = transform.DEFAULT_OPTIONS.image_size
 
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    def bare(data):
+        image = tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE")
+        return tf.cast(tf.round(tf.image.resize(image, [side, side], method="area")), tf.uint8)
 
-def opencv_loop(paths: list[str]) -> float:
-    """Images per second of the plain loop: read, decode, BGR->RGB, resize, on one core."""
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # the limit of one core: no OpenCV worker threads on the other
-    try:
-        start = time.perf_counter()
+    def read(path):
+        with open(path, "rb") as stream:
+            return stream.read()
+
+    def transform_loop():
+        for start in range(0, len(paths), job._MAX_BATCH):
+            results = transformer.many(
+                [read(path) for path in paths[start : start + job._MAX_BATCH]]
+            )
+            if any(result.pixels is None for result in results):
+                raise RuntimeError("the transform refused a benchmark file")
+
+    def bare_loop():
         for path in paths:
-            with open(path, "rb") as stream:
-                data = np.frombuffer(stream.read(), np.uint8)
-            image = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-            cv2.resize(image, (256, 256), interpolation=imaging.INTERPOLATION)
-        return len(paths) / (time.perf_counter() - start)
-    finally:
-        cv2.setNumThreads(threads)
+            bare(read(path)).numpy()
+
+    loops = {"transform": transform_loop, "bare": bare_loop}
+    transformer.many([read(path) for path in paths[: job._MAX_BATCH]])  # trace, warm the cache
+    bare(read(paths[0]))
+    best = dict.fromkeys(loops, 0.0)
+    for _ in range(repeats):
+        for name, loop in loops.items():
+            start = time.perf_counter()
+            loop()
+            best[name] = max(best[name], len(paths) / (time.perf_counter() - start))
+    return best
 
 
-def beam_arguments(workers: int) -> list[str]:
-    return [f"--direct_num_workers={workers}", "--direct_running_mode=multi_processing"]
+class Measured(typing.NamedTuple):
+    """One command's wall clock and peak memory (summed over its process tree)."""
+
+    seconds: float
+    rss_mib: float  # resident pages, shared ones counted in every process that maps them
+    pss_mib: float  # proportional: a page shared by n processes counts 1/n in each
 
 
-def clean_images_seconds(folder: str, workers: int) -> float:
-    """Wall-clock seconds of ListLabelledFiles | CleanImages into counts, startup included."""
-    options = beam_options.from_args(beam_arguments(workers))
-    start = time.perf_counter()
-    with beam.Pipeline(runner=beam_options.runner_for(options), options=options) as root:
-        cleaned = root | preprocess.ListLabelledFiles(folder) | preprocess.CleanImages()
-        _ = cleaned["accepted"] | "CountAccepted" >> beam.combiners.Count.Globally()
-        _ = cleaned["manifest"] | "CountRows" >> beam.combiners.Count.Globally()
-    return time.perf_counter() - start
+def timed_command(arguments: list[str], log_path: str) -> Measured:
+    """The wall clock and peak memory of `happysad ARGUMENTS` in a new process."""
+    command = [sys.executable, "-m", "pipeline.cli", *arguments]
+    with open(log_path, "w", encoding="utf-8") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            command, env={**os.environ, **_ENVIRONMENT}, stdout=log, stderr=subprocess.STDOUT
+        )
+        rss, pss = _sample_peak_memory(process)
+        seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): see {log_path}")
+    return Measured(seconds, rss / 2**20, pss / 2**20)
 
 
-def full_run(folder: str, output: str, workers: int) -> float:
-    """Images per second of `happysad preprocess` (images, TFRecords, manifest, report)."""
-    config = preprocess.PreprocessConfig(
-        input=folder, output=output, beam_args=tuple(beam_arguments(workers))
-    )
-    start = time.perf_counter()
-    summary = preprocess.run(config)
-    return summary["input_files"] / (time.perf_counter() - start)
+def _sample_peak_memory(process: subprocess.Popen) -> tuple[int, int]:
+    """The largest summed (RSS, PSS) in bytes of the process and its descendants until it exits."""
+    peak, done = [0, 0], threading.Event()
+    root = psutil.Process(process.pid)
+
+    def sample():
+        while not done.is_set():
+            try:
+                members = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            totals = [0, 0]
+            for member in members:
+                try:
+                    memory = member.memory_full_info()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                totals[0] += memory.rss
+                totals[1] += memory.pss
+            peak[:] = [max(old, new) for old, new in zip(peak, totals, strict=True)]
+            done.wait(SAMPLE_SECONDS)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    process.wait()
+    done.set()
+    sampler.join()
+    return peak[0], peak[1]
 
 
-def _small_copy(paths: list[str], folder: str, count: int) -> str:
-    """A folder with `count` of the images, half per label: measures the fixed startup cost."""
-    for path in paths[: count // 2] + paths[-count // 2 :]:
-        label = os.path.basename(os.path.dirname(path))
-        target = os.path.join(folder, label, os.path.basename(path))
-        if not os.path.exists(target):
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.link(path, target)
-    return folder
+def _workers(count: int) -> list[str]:
+    return [f"--direct_num_workers={count}", "--direct_running_mode=multi_processing"]
+
+
+def preprocess(folder: str, output: str, workers: int, count: int) -> Measured:
+    """The figures of `happysad preprocess` of `folder`; checks every file got a row."""
+    shutil.rmtree(output, ignore_errors=True)
+    arguments = ["preprocess", "--input", folder, "--output", output, *_workers(workers)]
+    figures = timed_command(arguments, output.rstrip("/") + ".log")
+    with open(os.path.join(output, "summary.json"), encoding="utf-8") as stream:
+        summary = json.load(stream)
+    if summary["input_files"] != count or summary["status"].get("accepted") != count:
+        raise RuntimeError(f"{folder}: expected {count} accepted files, got {summary['status']}")
+    return figures
+
+
+def build(folder: str, data_dir: str, workers: int) -> Measured:
+    """The figures of `happysad build --input folder` into a fresh data directory."""
+    shutil.rmtree(data_dir, ignore_errors=True)
+    arguments = ["build", "--input", folder, "--data-dir", data_dir, *_workers(workers)]
+    return timed_command(arguments, data_dir.rstrip("/") + ".log")
 
 
 def run(workdir: str, quick: bool) -> list[common.Row]:
-    count = QUICK_IMAGES if quick else FULL_IMAGES
-    folder = os.path.join(workdir, f"faces_{count}")
-    paths = make_faces(folder, count)
-    small = _small_copy(sorted(paths), os.path.join(workdir, "faces_small"), SMALL_IMAGES)
-    opencv_loop(paths[:200])  # warm the page cache and OpenCV
-    default_loop = max(opencv_loop(paths) for _ in range(REPEATS))
-    imaging.keep_freed_memory()  # what every Beam worker does in ValidateImages.setup
-    loop, seconds, startup = 0.0, {1: [], 2: []}, {1: [], 2: []}
-    for _ in range(REPEATS):  # interleaved, so that a busy spell hits every figure alike
-        loop = max(loop, opencv_loop(paths))
-        for workers in (1, 2):
-            seconds[workers].append(clean_images_seconds(folder, workers))
-            startup[workers].append(clean_images_seconds(small, workers))
-    wall = {workers: count / min(seconds[workers]) for workers in (1, 2)}
-    steady = {
-        workers: (count - SMALL_IMAGES) / (min(seconds[workers]) - min(startup[workers]))
-        for workers in (1, 2)
+    small, count = QUICK_SIZES if quick else FULL_SIZES
+    paths = common.scratch_face_folder(workdir, count)
+    small_paths = common.subset_folder(paths[:small], os.path.join(workdir, f"faces_{small}"))
+    folders = {count: common.folder_root(paths[0]), small: common.folder_root(small_paths[0])}
+    loops = loop_rates(paths, os.path.join(workdir, "files.json"))
+    runs = {}  # (command, files, workers) -> [Measured]
+    for _ in range(QUICK_REPEATS if quick else REPEATS):  # interleaved: a busy spell hits all
+        for files, workers in ((count, 2), (count, 1), (small, 2)):
+            output = os.path.join(workdir, f"out_{files}_{workers}")
+            measured = preprocess(folders[files], output, workers, files)
+            runs.setdefault(("preprocess", files, workers), []).append(measured)
+    for files in (small, count):
+        data_dir = os.path.join(workdir, f"tfds_{files}")
+        runs[("build", files, 2)] = [build(folders[files], data_dir, 2)]
+    best = {
+        key: Measured(
+            min(one.seconds for one in measured),
+            max(one.rss_mib for one in measured),
+            max(one.pss_mib for one in measured),
+        )
+        for key, measured in runs.items()
     }
-    whole = full_run(folder, os.path.join(workdir, "out"), 2)
-    baseline = f"OpenCV loop, 1 core ({count} JPEGs)"
-    row = functools.partial(
-        common.Row, NAME, unit="images/s", baseline=baseline, baseline_value=loop
-    )
-    rows = [
-        common.Row(
-            NAME,
-            f"OpenCV decode+resize loop, 1 core, default allocator ({count} JPEGs)",
-            default_loop,
+    return _rows(count, small, loops, best)
+
+
+def _rows(count: int, small: int, loops: dict, best: dict) -> list[common.Row]:
+    folder = f"{count} JPEGs, 5% of them 6-12 MP"
+    loop = f"1-core loop: read + Transformer.many ({folder})"
+    bare = f"1-core loop: read + bare tf.io.decode_jpeg + area resize ({folder})"
+    two, one = best["preprocess", count, 2], best["preprocess", count, 1]
+    small_two = best["preprocess", small, 2]
+    built, small_built = best["build", count, 2], best["build", small, 2]
+    command = f"happysad preprocess, {count} JPEGs"
+    rate = count / two.seconds
+    row = functools.partial(common.Row, NAME)
+    memory = functools.partial(row, unit="MiB", higher_is_better=False)
+    return [
+        row(loop, loops["transform"], "images/s"),
+        row(bare, loops["bare"], "images/s"),
+        row(
+            f"{command}, 2 Beam workers, wall clock ({two.seconds:.0f} s)",
+            rate,
             "images/s",
+            loop,
+            loops["transform"],
+            ">= 0.5x",
         ),
-        common.Row(NAME, f"OpenCV decode+resize loop, 1 core ({count} JPEGs)", loop, "images/s"),
+        row(f"{command}, 2 Beam workers, wall clock", rate, "images/s", bare, loops["bare"]),
+        row(
+            f"{command}, 2 Beam workers",
+            rate,
+            "images/s",
+            f"1 worker ({one.seconds:.0f} s)",
+            count / one.seconds,
+            ">= 1.5x",
+        ),
+        memory(
+            figure=f"{command}, 2 workers: peak RSS of the process tree",
+            value=two.rss_mib,
+            baseline=f"the same, {small} JPEGs",
+            baseline_value=small_two.rss_mib,
+            target=f"< {MEMORY_TARGET_MIB:,} MiB (2 GB), ~1x",
+        ),
+        memory(
+            figure=f"{command}, 2 workers: peak PSS of the process tree (shared pages once)",
+            value=two.pss_mib,
+            baseline=f"the same, {small} JPEGs",
+            baseline_value=small_two.pss_mib,
+        ),
+        memory(figure=f"{command}, 1 worker: peak RSS of the process tree", value=one.rss_mib),
+        row(
+            f"happysad build (the data job + TFDS's writer), {count} JPEGs, 2 workers, wall "
+            f"clock ({built.seconds:.0f} s)",
+            count / built.seconds,
+            "images/s",
+            "happysad preprocess, 2 workers",
+            rate,
+        ),
+        memory(
+            figure=f"happysad build, {count} JPEGs, 2 workers: peak RSS of the process tree "
+            "(grows with the dataset: every example waits in the runner for the counts check, "
+            "and TFDS's Beam writer shuffles them all)",
+            value=built.rss_mib,
+            baseline=f"the same, {small} JPEGs",
+            baseline_value=small_built.rss_mib,
+        ),
     ]
-    for workers in (1, 2):
-        target = ">= 1.2x" if workers == 2 else ""
-        name = f"CleanImages, DirectRunner, {workers} worker{'s' if workers > 1 else ''}"
-        rows += [
-            row(figure=f"{name}, wall clock", value=wall[workers], target=target),
-            row(
-                figure=f"{name}, startup ({min(startup[workers]):.1f} s) excluded",
-                value=steady[workers],
-                target=target,
-            ),
-        ]
-    rows.append(row(figure="happysad preprocess (all outputs), 2 workers, wall clock", value=whole))
-    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--loop", required=True, help="JSON file: the list of paths")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    with open(args.loop, encoding="utf-8") as stream:
+        paths = json.load(stream)
+    print(json.dumps(_loop(paths, args.repeats)))
+
+
+if __name__ == "__main__":
+    main()

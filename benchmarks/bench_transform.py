@@ -2,9 +2,10 @@
 
 Same files, same process, one TensorFlow thread per op and one op at a time (the measurement
 runs in a subprocess with TF_NUM_INTRAOP_THREADS=1 and TF_NUM_INTEROP_THREADS=1: one core, as
-one Beam worker). Folders: small JPEG faces (derived from ../shared/data/faces when present,
-else drawn), 6-12 megapixel JPEG photos (faces enlarged with grain, half of them with EXIF
-orientation 6, as phones write them), and a mix with 5% photos as issue 11's data-job folder.
+one Beam worker). The files are common.face_folder's (the data-job benchmarks' folder, smaller):
+small JPEG faces (derived from ../shared/data/faces when present, else drawn), 6-12 megapixel
+JPEG photos (faces enlarged with grain, half of them with EXIF orientation 6, as phones write
+them), measured apart and together (the folder as it is: 5% photos, as issue 11's folder).
 
   bare loop      a tf.function of tf.io.decode_jpeg (ISLOW) + area resize + round to uint8,
                  called per image: the floor any per-image TF transform pays, and issue 11's
@@ -20,7 +21,6 @@ shared). The ratio against the bare loop is what the data job's benchmark inheri
 """
 
 import argparse
-import glob
 import json
 import os
 import subprocess
@@ -28,77 +28,22 @@ import sys
 import time
 
 import common
-import numpy as np
-from PIL import Image
 
 NAME = "transform"
-FULL_FACES, QUICK_FACES = 1000, 200
-FULL_PHOTOS, QUICK_PHOTOS = 12, 4
-PHOTO_SIZES = ((3000, 2000), (3600, 2400), (4000, 3000))  # 6, 8.6 and 12 megapixels
+FULL_FILES, QUICK_FILES = 1000, 200  # 5% of them photos
 BATCH = 32
 REPEATS = 3
-ORIENTATION_TAG = 0x0112
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _faces() -> list[Image.Image]:
-    root = common.shared_faces_dir()
-    if root is not None:
-        paths = sorted(glob.glob(os.path.join(root, "*", "*.jpg")))
-        return [Image.open(path).convert("RGB") for path in paths]
-    faces = []
-    for index in range(32):  # drawn faces: an ellipse, eyes and a mouth on a plain ground
-        rows, columns = np.mgrid[0:250, 0:250]
-        image = np.full((250, 250, 3), 60 + 5 * index, np.uint8)
-        inside = ((columns - 125) / 80.0) ** 2 + ((rows - 125) / 105.0) ** 2 <= 1
-        image[inside] = (205, 170, 140)
-        for side in (-1, 1):
-            image[95:105, 125 + side * 35 - 5 : 125 + side * 35 + 5] = (40, 30, 30)
-        image[165 + 10 * (index % 2) : 172 + 10 * (index % 2), 95:155] = (130, 50, 60)
-        faces.append(Image.fromarray(image))
-    return faces
-
-
-def _save(image: Image.Image, path: str, **options) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    image.save(path, "JPEG", **options)
-    return path
-
-
-def make_files(folder: str, faces: int, photos: int) -> dict[str, list[str]]:
-    """Small face JPEGs (64..250 px, varied crops and brightness) and 6-12 MP photo JPEGs."""
-    sources, rng = _faces(), np.random.default_rng(0)
-    small, large = [], []
-    for index in range(faces):
-        path = os.path.join(folder, "faces", f"face_{index:05d}.jpg")
-        if not os.path.exists(path):
-            face = sources[index % len(sources)]
-            crop = rng.uniform(0.75, 1.0)
-            width, height = int(face.width * crop), int(face.height * crop)
-            left, top = (
-                rng.integers(0, face.width - width + 1),
-                rng.integers(0, face.height - height + 1),
-            )
-            side = int(rng.integers(64, 251))
-            variant = face.crop((left, top, left + width, top + height)).resize(
-                (side, int(side * 1.2))
-            )
-            pixels = np.asarray(variant, np.float32) * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
-            _save(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), path, quality=90)
-        small.append(path)
-    for index in range(photos):
-        path = os.path.join(folder, "photos", f"photo_{index:03d}.jpg")
-        if not os.path.exists(path):
-            width, height = PHOTO_SIZES[index % len(PHOTO_SIZES)]
-            face = sources[index % len(sources)].resize((width, height), Image.BICUBIC)
-            pixels = np.asarray(face, np.float32) + rng.normal(0, 4, (height, width, 3))
-            exif = Image.Exif()
-            exif[ORIENTATION_TAG] = 6 if index % 2 else 1
-            photo = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-            _save(photo, path, quality=90, exif=exif.tobytes())
-        large.append(path)
-    mixed = small[: photos * 19] + large  # 5% photos, as issue 11's data-job folder
-    return {"faces": small, "photos": large, "mixed": mixed}
+def make_files(folder: str, count: int) -> dict[str, list[str]]:
+    """common.face_folder's `count` files: its small faces, its photos, and all of them."""
+    paths = common.face_folder(folder, count)
+    return {
+        "faces": [path for path in paths if not common.is_photo(path)],
+        "photos": [path for path in paths if common.is_photo(path)],
+        "mixed": paths,
+    }
 
 
 def measure(files: dict[str, list[str]]) -> dict[str, dict[str, float]]:
@@ -163,8 +108,8 @@ def measure(files: dict[str, list[str]]) -> dict[str, dict[str, float]]:
 
 
 def run(workdir: str, quick: bool) -> list[common.Row]:
-    faces, photos = (QUICK_FACES, QUICK_PHOTOS) if quick else (FULL_FACES, FULL_PHOTOS)
-    files = make_files(os.path.join(workdir, "files"), faces, photos)
+    count = QUICK_FILES if quick else FULL_FILES
+    files = make_files(os.path.join(workdir, f"files_{count}"), count)
     listing = os.path.join(workdir, "files.json")
     with open(listing, "w", encoding="utf-8") as stream:
         json.dump(files, stream)

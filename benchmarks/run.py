@@ -22,6 +22,7 @@ def _load(path: str):
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # AutoGraph reads a function's module from sys.modules
     spec.loader.exec_module(module)
     return module
 
