@@ -25,7 +25,6 @@ SEED_CNN_EPOCHS = 6
 TARGET_BUILD_SECONDS = 120
 TARGET_ACCURACY = 0.95
 QUICK_IMAGES = 200
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _build(data_dir: str, num_images: int | None, beam_options: str) -> float:
@@ -44,14 +43,13 @@ def _build(data_dir: str, num_images: int | None, beam_options: str) -> float:
     if num_images is not None:
         config = {"name": f"synthetic_{num_images}", "data": {"num_images": num_images}}
         command += ["--config", json.dumps(config)]
-    environment = {**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
     os.makedirs(os.path.dirname(os.path.abspath(data_dir)), exist_ok=True)
     with open(data_dir.rstrip("/") + ".log", "w", encoding="utf-8") as log:
         start = time.perf_counter()
         subprocess.run(
             command,
-            cwd=REPO_ROOT,
-            env=environment,
+            cwd=common.REPO_ROOT,
+            env={**os.environ, **common.COMMAND_ENVIRONMENT},
             stdout=log,
             stderr=subprocess.STDOUT,
             check=True,

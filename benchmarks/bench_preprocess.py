@@ -32,21 +32,15 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-import typing
 
 import common
-import psutil
 
 NAME = "preprocess"
 FULL_SIZES = (5000, 20000)
 QUICK_SIZES = (100, 400)
 REPEATS, QUICK_REPEATS = 2, 1
-SAMPLE_SECONDS = 0.1
 MEMORY_TARGET_MIB = 1907  # 2 GB
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_ENVIRONMENT = {"PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def loop_rates(paths: list[str], listing: str) -> dict[str, float]:
@@ -55,7 +49,7 @@ def loop_rates(paths: list[str], listing: str) -> dict[str, float]:
         json.dump(paths, stream)
     output = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--loop", listing],
-        env={**os.environ, **_ENVIRONMENT},
+        env={**os.environ, **common.COMMAND_ENVIRONMENT},
         capture_output=True,
         text=True,
         check=True,
@@ -108,68 +102,15 @@ def _loop(paths: list[str], repeats: int) -> dict[str, float]:
     return best
 
 
-class Measured(typing.NamedTuple):
-    """One command's wall clock and peak memory (summed over its process tree)."""
-
-    seconds: float
-    rss_mib: float  # resident pages, shared ones counted in every process that maps them
-    pss_mib: float  # proportional: a page shared by n processes counts 1/n in each
-
-
-def timed_command(arguments: list[str], log_path: str) -> Measured:
-    """The wall clock and peak memory of `happysad ARGUMENTS` in a new process."""
-    command = [sys.executable, "-m", "pipeline.cli", *arguments]
-    with open(log_path, "w", encoding="utf-8") as log:
-        start = time.perf_counter()
-        process = subprocess.Popen(
-            command, env={**os.environ, **_ENVIRONMENT}, stdout=log, stderr=subprocess.STDOUT
-        )
-        rss, pss = _sample_peak_memory(process)
-        seconds = time.perf_counter() - start
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): see {log_path}")
-    return Measured(seconds, rss / 2**20, pss / 2**20)
-
-
-def _sample_peak_memory(process: subprocess.Popen) -> tuple[int, int]:
-    """The largest summed (RSS, PSS) in bytes of the process and its descendants until it exits."""
-    peak, done = [0, 0], threading.Event()
-    root = psutil.Process(process.pid)
-
-    def sample():
-        while not done.is_set():
-            try:
-                members = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            totals = [0, 0]
-            for member in members:
-                try:
-                    memory = member.memory_full_info()
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-                totals[0] += memory.rss
-                totals[1] += memory.pss
-            peak[:] = [max(old, new) for old, new in zip(peak, totals, strict=True)]
-            done.wait(SAMPLE_SECONDS)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    process.wait()
-    done.set()
-    sampler.join()
-    return peak[0], peak[1]
-
-
 def _workers(count: int) -> list[str]:
     return [f"--direct_num_workers={count}", "--direct_running_mode=multi_processing"]
 
 
-def preprocess(folder: str, output: str, workers: int, count: int) -> Measured:
+def preprocess(folder: str, output: str, workers: int, count: int) -> common.Measured:
     """The figures of `happysad preprocess` of `folder`; checks every file got a row."""
     shutil.rmtree(output, ignore_errors=True)
     arguments = ["preprocess", "--input", folder, "--output", output, *_workers(workers)]
-    figures = timed_command(arguments, output.rstrip("/") + ".log")
+    figures = common.happysad(arguments, output.rstrip("/") + ".log")
     with open(os.path.join(output, "summary.json"), encoding="utf-8") as stream:
         summary = json.load(stream)
     if summary["input_files"] != count or summary["status"].get("accepted") != count:
@@ -177,11 +118,11 @@ def preprocess(folder: str, output: str, workers: int, count: int) -> Measured:
     return figures
 
 
-def build(folder: str, data_dir: str, workers: int) -> Measured:
+def build(folder: str, data_dir: str, workers: int) -> common.Measured:
     """The figures of `happysad build --input folder` into a fresh data directory."""
     shutil.rmtree(data_dir, ignore_errors=True)
     arguments = ["build", "--input", folder, "--data-dir", data_dir, *_workers(workers)]
-    return timed_command(arguments, data_dir.rstrip("/") + ".log")
+    return common.happysad(arguments, data_dir.rstrip("/") + ".log")
 
 
 def run(workdir: str, quick: bool) -> list[common.Row]:
@@ -200,7 +141,7 @@ def run(workdir: str, quick: bool) -> list[common.Row]:
         data_dir = os.path.join(workdir, f"tfds_{files}")
         runs[("build", files, 2)] = [build(folders[files], data_dir, 2)]
     best = {
-        key: Measured(
+        key: common.Measured(
             min(one.seconds for one in measured),
             max(one.rss_mib for one in measured),
             max(one.pss_mib for one in measured),

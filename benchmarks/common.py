@@ -3,8 +3,14 @@
 import dataclasses
 import os
 import platform
+import subprocess
+import sys
+import threading
+import time
+import typing
 
 import numpy as np
+import psutil
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,3 +200,69 @@ def _variant(faces: list, index: int, rng: np.random.Generator) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", **options)
     return buffer.getvalue()
+
+
+# Commands run as a user runs them: a new process, its wall clock and peak memory.
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMAND_ENVIRONMENT = {"PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+SAMPLE_SECONDS = 0.1  # how often a command's memory is sampled
+
+
+class Measured(typing.NamedTuple):
+    """One command's wall clock and peak memory (summed over its process tree)."""
+
+    seconds: float
+    rss_mib: float  # resident pages, shared ones counted in every process that maps them
+    pss_mib: float  # proportional: a page shared by n processes counts 1/n in each
+
+
+def happysad(arguments: list[str], log_path: str) -> Measured:
+    """The wall clock and peak memory of `happysad ARGUMENTS` (this checkout's) in a new process.
+
+    Its output goes to `log_path`.
+
+    Raises:
+        RuntimeError: the command failed.
+    """
+    command = [sys.executable, "-m", "pipeline.cli", *arguments]
+    with open(log_path, "w", encoding="utf-8") as log:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            command, env={**os.environ, **COMMAND_ENVIRONMENT}, stdout=log, stderr=subprocess.STDOUT
+        )
+        rss, pss = _sample_peak_memory(process)
+        seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}): see {log_path}")
+    return Measured(seconds, rss / 2**20, pss / 2**20)
+
+
+def _sample_peak_memory(process: subprocess.Popen) -> tuple[int, int]:
+    """The largest summed (RSS, PSS) in bytes of the process and its descendants until it exits."""
+    peak, done = [0, 0], threading.Event()
+    root = psutil.Process(process.pid)
+
+    def sample():
+        while not done.is_set():
+            try:
+                members = [root, *root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            totals = [0, 0]
+            for member in members:
+                try:
+                    memory = member.memory_full_info()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                totals[0] += memory.rss
+                totals[1] += memory.pss
+            peak[:] = [max(old, new) for old, new in zip(peak, totals, strict=True)]
+            done.wait(SAMPLE_SECONDS)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    process.wait()
+    done.set()
+    sampler.join()
+    return peak[0], peak[1]
