@@ -31,7 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import artifacts, contract
 from pipeline import config as config_lib
-from pipeline.data import report, schema, sources, splits, synthetic_faces, transform, validate
+from pipeline.data import report, schema, sources, splits, synthetic_faces, validate
 
 # The manifest: one row per input file, in this column order.
 MANIFEST_COLUMNS = (
@@ -154,6 +154,9 @@ class ValidateImages(beam.DoFn):
 
     def setup(self):
         _one_tensorflow_thread()
+        # Imported here: the workers run TensorFlow, the driver that builds the job does not.
+        from pipeline.data import transform
+
         self._transformer = transform.Transformer(self._data.transform)
         self._faces = validate.FaceFinder()
 

@@ -75,29 +75,20 @@ import tensorflow as tf
 
 from pipeline import config as config_lib
 from pipeline import contract
+from pipeline.data.reasons import (  # noqa: F401 (re-exported: the transform's vocabulary)
+    ACCEPTED_FORMATS,
+    CORRUPT,
+    EMPTY,
+    EXTREME_ASPECT,
+    NOT_AN_IMAGE,
+    REASONS,
+    TOO_LARGE,
+    TOO_SMALL,
+    UNSUPPORTED_FORMAT,
+)
 
 IMAGE_SIZE = contract.IMAGE_SIZE
 RESIZE_POLICIES = typing.get_args(config_lib.ResizePolicy)
-ACCEPTED_FORMATS = ("jpeg", "png", "gif", "bmp", "webp")
-
-# Reason codes of a rejected file (the manifest's vocabulary), with the sentence of the message.
-EMPTY = "empty"
-NOT_AN_IMAGE = "not_an_image"
-UNSUPPORTED_FORMAT = "unsupported_format"
-CORRUPT = "corrupt"
-TOO_LARGE = "too_large"
-TOO_SMALL = "too_small"
-EXTREME_ASPECT = "extreme_aspect"
-REASONS = {
-    EMPTY: "the file has no bytes",
-    NOT_AN_IMAGE: "the content is not an image",
-    UNSUPPORTED_FORMAT: "an image format that is not decoded here (accepted: JPEG, PNG, GIF, "
-    "BMP, WebP)",
-    CORRUPT: "the image is truncated or damaged",
-    TOO_LARGE: "over the pixel budget (checked from the header, before decoding)",
-    TOO_SMALL: "the shorter side is under the minimum",
-    EXTREME_ASPECT: "the long side is too many times the short side",
-}
 
 # Formats recognised by their magic bytes: the accepted ones first (their index is the branch
 # of the decoder), then those refused. (format, offset, magic), first match wins.

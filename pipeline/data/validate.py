@@ -6,11 +6,14 @@ of the manifest, the colour statistics the shortcut check needs, and `judge`, wh
 together for one file.
 """
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from pipeline.data import sources, transform
+from pipeline.data import reasons, sources
+
+if TYPE_CHECKING:  # TensorFlow only where the transform runs (the workers)
+    from pipeline.data import transform
 
 # Statuses: every input file ends in exactly one.
 ACCEPTED = "accepted"
@@ -20,7 +23,7 @@ DUPLICATE = "duplicate"
 # Reason codes of rejected files, with the sentence the report shows for each.
 LABEL_CONFLICT = "label_conflict"
 REASONS = {
-    **transform.REASONS,
+    **reasons.REASONS,
     sources.UNREADABLE: "the file could not be read (broken link, permissions, I/O error)",
     sources.BAD_FILE_NAME: "the file name is not valid UTF-8 (rename the file to include it)",
     sources.TOO_LARGE: "over the byte budget (not read) or the pixel budget (checked from the "

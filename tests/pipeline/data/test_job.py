@@ -8,6 +8,8 @@ import collections
 import hashlib
 import json
 import os
+import subprocess
+import sys
 
 import apache_beam as beam
 import numpy as np
@@ -329,3 +331,21 @@ def test_hundreds_of_damaged_files_each_get_one_verdict(tmp_path):
             np.testing.assert_array_equal(transformer(files[name]).pixels, fine, err_msg=name)
     statuses = collections.Counter(row["status"] for row in rows)
     assert statuses[ACCEPTED] >= len(files) // 5 and statuses[REJECTED] >= len(files) // 5
+
+
+def test_the_driver_builds_the_job_without_tensorflow(tmp_path):
+    # TensorFlow runs in the workers (THE transform); a driver that imported it as well would
+    # hold its ~600 MB beside theirs for the whole job.
+    code = (
+        "import sys\n"
+        "import apache_beam as beam\n"
+        "from pipeline import config\n"
+        "from pipeline.data import job\n"
+        "pipeline = beam.Pipeline()\n"
+        "for data in (config.DataConfig(), config.DataConfig(input=sys.argv[1])):\n"
+        "    _ = pipeline | f'Job{data.input}' >> job.DataJob(data, 0, sys.argv[1])\n"
+        "assert 'tensorflow' not in sys.modules, 'the driver imported TensorFlow'\n"
+    )
+    for label in ("happy", "sad"):
+        (tmp_path / label).mkdir()
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, capture_output=True)
