@@ -50,9 +50,10 @@ def measure(files: dict[str, list[str]]) -> dict[str, dict[str, float]]:
     """Images per second of each way of transforming each folder (in this process)."""
     import tensorflow as tf
 
+    from pipeline import config
     from pipeline.data import transform
 
-    options = transform.TransformOptions(min_side=1, max_aspect_ratio=100.0)
+    options = config.TransformConfig(min_side=1, max_aspect_ratio=100.0)
     signature = [tf.TensorSpec([], tf.string)]
 
     @tf.function(input_signature=signature)

@@ -34,20 +34,23 @@ def _format(value: float | None) -> str:
 
 
 def render(rows: list[common.Row], failures: list[str], machine: str) -> str:
+    """The markdown table of `rows`, each with the machine and the time it was measured."""
+    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     lines = [
         "# Benchmark results",
         "",
-        f"Machine: {machine}. Written by `make bench` on "
-        f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}.",
+        "Written by `make bench` (`benchmarks/run.py`). Each baseline is measured in the same run",
+        "as its figure; each row names the machine and the time it was measured.",
         "",
-        "| benchmark | figure | value | baseline | baseline value | ratio | target | machine |",
-        "|---|---|---|---|---|---|---|---|",
+        "| benchmark | figure | value | baseline | baseline value | ratio | target | machine "
+        "| measured |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
         lines.append(
             f"| {row.benchmark} | {row.figure} | {_format(row.value)} {row.unit} | {row.baseline} "
-            f"| {_format(row.baseline_value)} | {ratio} | {row.target} | {machine} |"
+            f"| {_format(row.baseline_value)} | {ratio} | {row.target} | {machine} | {when} |"
         )
     for failure in failures:
         lines += ["", f"FAILED: {failure}"]
@@ -58,26 +61,19 @@ def merge(previous: str, current: str, rerun: list[str]) -> str:
     """`current` (the rerun modules' table) with the rows of every other benchmark kept.
 
     A module bench_NAME writes rows named NAME. Rows and FAILED lines of modules not rerun are
-    kept from `previous` as they were, and a line says which rows were measured when.
+    kept from `previous` as they were (with the time they were measured).
     """
     names = {module.removeprefix("bench_") for module in rerun}
     lines = current.rstrip("\n").split("\n")
     table_end = max(index for index, line in enumerate(lines) if line.startswith("|")) + 1
-    kept_rows, kept_failures, written = [], [], ""
+    kept_rows, kept_failures = [], []
     for line in previous.split("\n"):
         cells = [cell.strip() for cell in line.split("|")]
-        if line.startswith("Machine:"):
-            written = line.split("Written by" if "Written by" in line else "the others: ", 1)
-            written = written[-1].strip().rstrip(".")
-        elif line.startswith("| ") and len(cells) > 2 and cells[1] not in names | {"benchmark"}:
+        if line.startswith("| ") and len(cells) > 2 and cells[1] not in names | {"benchmark"}:
             kept_rows.append(line)
         elif line.startswith("FAILED: ") and line[len("FAILED: ") :] not in rerun:
             kept_failures += ["", line]
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    machine = lines[2].split(". Written by", 1)[0]
-    note = f"{machine}. Rows of {', '.join(sorted(names))} measured on {when} by `run.py --only"
-    note += f" ... --update`; the others: {written}."
-    merged = lines[:2] + [note] + lines[3:table_end] + kept_rows + lines[table_end:]
+    merged = lines[:table_end] + kept_rows + lines[table_end:]
     return "\n".join(merged + kept_failures) + "\n"
 
 

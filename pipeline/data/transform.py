@@ -159,8 +159,7 @@ _NO_PIXELS_SIDE = 1
 # The options: pipeline.config.TransformConfig (image_size and resize_policy change pixels,
 # face_crop too; max_pixels, min_side and max_aspect_ratio decide from the header which files
 # are refused). They are part of a dataset's metadata and of the model exported from it.
-TransformOptions = config_lib.TransformConfig
-DEFAULT_OPTIONS = TransformOptions()
+DEFAULT_OPTIONS = config_lib.TransformConfig()
 
 # A crop box function: uint8 [H, W, 3] (as displayed) -> int32 [4] (top, left, height, width).
 CropFunction = Callable[[tf.Tensor], tf.Tensor]
@@ -1099,7 +1098,7 @@ def _no_pixels() -> tf.Tensor:
 # Budgets, facts and messages.
 
 
-def _checked(header: _Header, options: TransformOptions) -> _Header:
+def _checked(header: _Header, options: config_lib.TransformConfig) -> _Header:
     """The header with the size budgets applied (from the header alone: nothing decoded)."""
     width, height = header.width, header.height
     short, long = tf.minimum(width, height), tf.maximum(width, height)
@@ -1175,7 +1174,7 @@ _DETECTION_SIDE = 512  # faces are looked for on a copy this size at most, then 
 
 
 @functools.cache
-def face_crop_fn(options: TransformOptions) -> CropFunction | None:
+def face_crop_fn(options: config_lib.TransformConfig) -> CropFunction | None:
     """The crop function of `options.face_crop`: the largest face, None without face_crop.
 
     MTCNN in TensorFlow ops (pipeline.data.face_detection, weights from the mtcnn wheel) looks
@@ -1242,7 +1241,7 @@ def _area(image: tf.Tensor, height, width) -> tf.Tensor:
 
 
 @tf.autograph.experimental.do_not_convert
-def resize(image: tf.Tensor, options: TransformOptions = DEFAULT_OPTIONS) -> tf.Tensor:
+def resize(image: tf.Tensor, options: config_lib.TransformConfig = DEFAULT_OPTIONS) -> tf.Tensor:
     """An upright RGB image of any size to uint8 [S, S, 3] by the options' resize policy.
 
     Area averaging (tf.image.resize(method="area")), rounded half to even. `crop` cuts the
@@ -1267,7 +1266,7 @@ _FLIP_ROWS = (False, False, True, True, False, True, True, False)
 _FLIP_COLUMNS = (False, True, True, False, False, False, True, True)
 
 
-def _resize_turned(image: tf.Tensor, orientation: tf.Tensor, options: TransformOptions):
+def _resize_turned(image: tf.Tensor, orientation: tf.Tensor, options: config_lib.TransformConfig):
     """`resize` of `_orient(image, orientation)`, with the orientation applied to the S x S
     result instead of the full image: the same geometry (a displayed crop box is mapped back to
     the stored pixels exactly), a fraction of the cost. The area sums run in the stored order,
@@ -1305,7 +1304,7 @@ def _resize_turned(image: tf.Tensor, orientation: tf.Tensor, options: TransformO
 _PARSERS = (_jpeg, _png, _gif, _bmp, _webp)
 
 
-def _analyse(image_bytes, options: TransformOptions, stage: str):
+def _analyse(image_bytes, options: config_lib.TransformConfig, stage: str):
     """Sniff, header, checks, decode. stage "inspect": facts; "status": (facts, image), the
     image decoded only for an accepted file; "raise": (facts, image) after asserting that the
     file is accepted. The image is uint8 [H, W, 3] as stored: facts["orientation"] turns it
@@ -1338,7 +1337,7 @@ def _analyse(image_bytes, options: TransformOptions, stage: str):
     return tf.switch_case(_where(accepted_index, format_index, len(_PARSERS)), branches)
 
 
-def _finish(image, facts, options: TransformOptions, crop_fn: CropFunction | None):
+def _finish(image, facts, options: config_lib.TransformConfig, crop_fn: CropFunction | None):
     """The stored pixels of a decoded file to uint8 [S, S, 3], upright."""
     crop_fn = crop_fn or face_crop_fn(options)
     if crop_fn is None:
@@ -1348,7 +1347,9 @@ def _finish(image, facts, options: TransformOptions, crop_fn: CropFunction | Non
 
 
 @tf.autograph.experimental.do_not_convert
-def inspect(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> dict[str, tf.Tensor]:
+def inspect(
+    image_bytes, options: config_lib.TransformConfig = DEFAULT_OPTIONS
+) -> dict[str, tf.Tensor]:
     """The header facts of one encoded image, read in graph; decodes nothing, never raises.
 
     Args:
@@ -1368,7 +1369,7 @@ def inspect(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> dict[st
 
 
 @tf.autograph.experimental.do_not_convert
-def decode(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> tf.Tensor:
+def decode(image_bytes, options: config_lib.TransformConfig = DEFAULT_OPTIONS) -> tf.Tensor:
     """One encoded image decoded as displayed: what `transform` resizes (and a detector sees).
 
     Oriented, transparency composited on white, 8-bit RGB; checked as `transform` checks.
@@ -1389,7 +1390,9 @@ def decode(image_bytes, options: TransformOptions = DEFAULT_OPTIONS) -> tf.Tenso
 
 @tf.autograph.experimental.do_not_convert
 def transform(
-    image_bytes, options: TransformOptions = DEFAULT_OPTIONS, crop_fn: CropFunction | None = None
+    image_bytes,
+    options: config_lib.TransformConfig = DEFAULT_OPTIONS,
+    crop_fn: CropFunction | None = None,
 ) -> tf.Tensor:
     """One encoded image to the pixels a model sees: the transform, in TensorFlow ops.
 
@@ -1397,7 +1400,7 @@ def transform(
 
     Args:
       image_bytes: scalar tf.string, the file's bytes (format sniffed from the content).
-      options: TransformOptions.
+      options: config.TransformConfig.
       crop_fn: optional, maps the decoded image (uint8 [H, W, 3], as displayed) to a crop box
         int32 [4] (top, left, height, width) applied before the resize policy (see `crop`).
 
@@ -1415,7 +1418,9 @@ def transform(
 
 @tf.autograph.experimental.do_not_convert
 def transform_with_status(
-    image_bytes, options: TransformOptions = DEFAULT_OPTIONS, crop_fn: CropFunction | None = None
+    image_bytes,
+    options: config_lib.TransformConfig = DEFAULT_OPTIONS,
+    crop_fn: CropFunction | None = None,
 ) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
     """(facts, pixels): `inspect`'s facts and, when facts["reason"] is "", the pixels.
 
@@ -1430,7 +1435,7 @@ def transform_with_status(
 @tf.autograph.experimental.do_not_convert
 def transform_batch(
     image_bytes,
-    options: TransformOptions = DEFAULT_OPTIONS,
+    options: config_lib.TransformConfig = DEFAULT_OPTIONS,
     crop_fn: CropFunction | None = None,
     max_batch_pixels: int | None = None,
     parallel_iterations: int = 1,
@@ -1504,7 +1509,7 @@ def _packed(facts: dict[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 @functools.cache
-def _functions(options: TransformOptions, crop_fn: CropFunction | None):
+def _functions(options: config_lib.TransformConfig, crop_fn: CropFunction | None):
     """(one, many, facts): the traced graphs of a Transformer, shared in the process."""
     side = options.image_size
 
@@ -1549,7 +1554,9 @@ class Transformer:
     """
 
     def __init__(
-        self, options: TransformOptions = DEFAULT_OPTIONS, crop_fn: CropFunction | None = None
+        self,
+        options: config_lib.TransformConfig = DEFAULT_OPTIONS,
+        crop_fn: CropFunction | None = None,
     ):
         self.options = options
         self.crop_fn = crop_fn

@@ -21,7 +21,7 @@ from pipeline import config
 from pipeline.data import transform
 
 # Tiny pictures are allowed here; the default budgets are tested on their own.
-SMALL = transform.TransformOptions(min_side=1, max_aspect_ratio=100.0)
+SMALL = config.TransformConfig(min_side=1, max_aspect_ratio=100.0)
 ORIENTATION_TAG = 0x0112
 
 
@@ -238,16 +238,16 @@ SIGNATURE = [tf.TensorSpec([], tf.string)]
 
 
 @functools.cache
-def decoder(options: transform.TransformOptions):
+def decoder(options: config.TransformConfig):
     return tf.function(lambda data: transform.decode(data, options), input_signature=SIGNATURE)
 
 
 @functools.cache
-def transformer(options: transform.TransformOptions):
+def transformer(options: config.TransformConfig):
     return tf.function(lambda data: transform.transform(data, options), input_signature=SIGNATURE)
 
 
-def decoded(data: bytes, options: transform.TransformOptions = SMALL) -> np.ndarray:
+def decoded(data: bytes, options: config.TransformConfig = SMALL) -> np.ndarray:
     return decoder(options)(data).numpy()
 
 
@@ -435,7 +435,7 @@ def test_exif_orientation_wins_over_xmp_as_in_pillow():
 def test_resize_policies_match_an_area_reference(policy, size):
     width, height = size
     image = picture(width, height)
-    options = transform.TransformOptions(image_size=32, resize_policy=policy, min_side=1)
+    options = config.TransformConfig(image_size=32, resize_policy=policy, min_side=1)
     actual = transformer(options)(encode(Image.fromarray(image), "PNG")).numpy()
     assert_close(actual, policy_reference(image, 32, policy), tolerance=1)
 
@@ -448,14 +448,14 @@ def test_policies_apply_to_the_upright_image(policy, shape, orientation):
     # odd margin 15 puts a flipped crop offset (8) on the other side of the middle (7).
     # Landscape and portrait, so that both the row and the column offsets are flipped.
     data = encode(Image.fromarray(picture(*shape)), "PNG", exif=exif(orientation))
-    options = transform.TransformOptions(image_size=32, resize_policy=policy, min_side=1)
+    options = config.TransformConfig(image_size=32, resize_policy=policy, min_side=1)
     expected = policy_reference(reference(data), 32, policy)
     tolerance = 0 if policy == "crop" else 1
     assert_close(transformer(options)(data).numpy(), expected, tolerance)
 
 
 def test_pad_is_black_and_centred():
-    options = transform.TransformOptions(image_size=32, resize_policy="pad", min_side=1)
+    options = config.TransformConfig(image_size=32, resize_policy="pad", min_side=1)
     actual = transformer(options)(encode(Image.fromarray(picture(64, 32)), "PNG")).numpy()
     assert (actual[:8] == 0).all() and (actual[-8:] == 0).all()
     assert (actual[8:24].max(axis=2) > 0).all()
@@ -478,7 +478,7 @@ def test_a_multi_megapixel_photo():
 
 def test_crop_box_seam_crops_before_the_resize_policy():
     data = encode(rgb_image(), "PNG")
-    options = transform.TransformOptions(image_size=16, min_side=1)
+    options = config.TransformConfig(image_size=16, min_side=1)
     box = tf.constant([2, 3, 20, 24], tf.int32)
     actual = transform.transform(data, options, crop_fn=lambda image: box).numpy()
     assert_close(actual, area_resize(picture()[2:22, 3:27], 16, 16), tolerance=1)
@@ -719,9 +719,9 @@ def test_transformer_pickles_for_beam_workers():
 
 def test_options_are_validated():
     with pytest.raises(ValueError, match="resize policy"):
-        transform.TransformOptions(resize_policy="zoom")
+        config.TransformConfig(resize_policy="zoom")
     with pytest.raises(ValueError, match="aspect"):
-        transform.TransformOptions(max_aspect_ratio=0.5)
+        config.TransformConfig(max_aspect_ratio=0.5)
 
 
 def test_face_crop_cuts_the_largest_face_before_the_resize_and_keeps_faceless_images():
