@@ -31,7 +31,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import artifacts, contract
 from pipeline import config as config_lib
-from pipeline.data import report, schema, sources, splits, synthetic_faces, validate
+from pipeline.data import report, schema, sources, splits, validate
 
 # The manifest: one row per input file, in this column order.
 MANIFEST_COLUMNS = (
@@ -378,6 +378,9 @@ class DataJob(beam.PTransform):
     def expand(self, pbegin):
         data = self._data
         if data.input is None:
+            # Imported for this source only: OpenCV draws the faces.
+            from pipeline.data import synthetic_faces
+
             images = pbegin | "RenderSyntheticFaces" >> synthetic_faces.RenderSyntheticFaces(
                 data.num_images, self._seed
             )

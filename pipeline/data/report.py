@@ -15,17 +15,19 @@ import json
 import logging
 import math
 import os
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
-from matplotlib import figure as figure_lib
-from matplotlib import ticker
 from PIL import Image
 
 from pipeline import artifacts, contract
 from pipeline import config as config_lib
 from pipeline.data import splits, validate
+
+if TYPE_CHECKING:  # matplotlib is imported where the report is drawn, not by every worker
+    from matplotlib import figure as figure_lib
 
 PLOTS_DIR = "plots"
 # A property "predicts the label by itself" when one threshold or one value table on it alone
@@ -472,14 +474,21 @@ def render_markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _save(figure: figure_lib.Figure, path: str) -> None:
+def _new_figure(**options) -> "figure_lib.Figure":
+    """A matplotlib Figure (the object API: no pyplot state), matplotlib imported on first use."""
+    from matplotlib import figure as figure_lib
+
+    return figure_lib.Figure(**options)
+
+
+def _save(figure: "figure_lib.Figure", path: str) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
     artifacts.write_bytes(path, buffer.getvalue())
 
 
-def _plot_class_balance(summary: dict) -> figure_lib.Figure:
-    figure = figure_lib.Figure(figsize=(6, 3.5))
+def _plot_class_balance(summary: dict) -> "figure_lib.Figure":
+    figure = _new_figure(figsize=(6, 3.5))
     axes = figure.subplots()
     positions = np.arange(len(splits.SPLITS))
     width = 0.8 / len(contract.LABELS)
@@ -496,9 +505,11 @@ def _plot_class_balance(summary: dict) -> figure_lib.Figure:
     return figure
 
 
-def _plot_sizes(statistics: dict) -> figure_lib.Figure:
+def _plot_sizes(statistics: dict) -> "figure_lib.Figure":
     """Original sizes, binned: a marker per (width, height) bin, its area the file count."""
-    figure = figure_lib.Figure(figsize=(6, 4.5))
+    from matplotlib import ticker
+
+    figure = _new_figure(figsize=(6, 4.5))
     axes = figure.subplots()
     for label in contract.LABELS:
         for accepted, marker in ((True, "o"), (False, "x")):
@@ -531,11 +542,11 @@ def _plot_sizes(statistics: dict) -> figure_lib.Figure:
     return figure
 
 
-def _plot_rejects(summary: dict) -> figure_lib.Figure:
+def _plot_rejects(summary: dict) -> "figure_lib.Figure":
     counts = dict(summary["reason"])
     if summary["status"].get(validate.DUPLICATE):
         counts["(duplicate)"] = summary["status"][validate.DUPLICATE]
-    figure = figure_lib.Figure(figsize=(6, 0.5 + 0.35 * max(1, len(counts))))
+    figure = _new_figure(figsize=(6, 0.5 + 0.35 * max(1, len(counts))))
     axes = figure.subplots()
     if counts:
         names = sorted(counts, key=counts.get)
@@ -548,7 +559,7 @@ def _plot_rejects(summary: dict) -> figure_lib.Figure:
     return figure
 
 
-def _plot_samples(samples: list[dict]) -> figure_lib.Figure:
+def _plot_samples(samples: list[dict]) -> "figure_lib.Figure":
     """A grid: accepted images (both labels, alternating) on top, one per reject reason below."""
     by_label = {
         label: [sample for sample in samples if not sample["reason"] and sample["label"] == label]
@@ -562,7 +573,7 @@ def _plot_samples(samples: list[dict]) -> figure_lib.Figure:
     ][:SAMPLES_PER_ROW]
     rejected = sorted((s for s in samples if s["reason"]), key=lambda s: s["reason"])
     grid = [accepted, rejected[:SAMPLES_PER_ROW]] if rejected else [accepted]
-    figure = figure_lib.Figure(figsize=(SAMPLES_PER_ROW * 1.4, len(grid) * 1.7))
+    figure = _new_figure(figsize=(SAMPLES_PER_ROW * 1.4, len(grid) * 1.7))
     axes = figure.subplots(len(grid), SAMPLES_PER_ROW, squeeze=False)
     for line, tiles in enumerate(grid):
         for column in range(SAMPLES_PER_ROW):
