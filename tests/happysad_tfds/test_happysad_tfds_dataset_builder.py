@@ -4,6 +4,7 @@ import hashlib
 import os
 import shutil
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -248,6 +249,24 @@ def test_a_missing_or_empty_manual_dir_says_what_to_put_there(tmp_path, make):
         errors.UserError, match=r"photos is missing or empty: put .*happy/ and sad/"
     ):
         _build_folder(manual_dir, tmp_path / "data")
+    _assert_nothing_loadable(tmp_path / "data")
+
+
+def test_a_build_whose_runner_loses_examples_publishes_nothing(tmp_path, monkeypatch):
+    # A runner that drops examples between the data job and TFDS's writer (as Beam's local
+    # runner with several worker processes can): the happy training images go missing.
+    expand = job.DataJob.expand
+
+    def losing_expand(self, pbegin):
+        return expand(self, pbegin) | "Lose" >> beam.Filter(
+            lambda image: not (image.split == "train" and image.label == "happy")
+        )
+
+    monkeypatch.setattr(job.DataJob, "expand", losing_expand)
+    with pytest.raises(
+        errors.UserError, match=r"the runner lost examples \(train: \d+ examples of \d+ accepted"
+    ):
+        _build_folder(_copy_dummy(tmp_path), tmp_path / "data")
     _assert_nothing_loadable(tmp_path / "data")
 
 
