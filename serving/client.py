@@ -245,15 +245,23 @@ def _read_images(images: Sequence[str | bytes]) -> tuple[list[str], list[bytes]]
             names.append(f"<image {index}>")
             contents.append(bytes(image))
             continue
-        path = os.fspath(image)
-        if not os.path.isfile(path):
-            raise errors.UserError(f"{path}: no such image file")
+        path = _require_file(image)
         with open(path, "rb") as file:
             contents.append(file.read())
         names.append(path)
     if not contents:
         raise errors.UserError("no images given")
     return names, contents
+
+
+def _require_file(image: str) -> str:
+    """The path of an image file that exists, else a UserError that names it."""
+    path = os.fspath(image)
+    if os.path.isdir(path):
+        raise errors.UserError(f"{path}: a folder, not an image file (give the files in it)")
+    if not os.path.isfile(path):
+        raise errors.UserError(f"{path}: no such image file")
+    return path
 
 
 async def _get(url: str, timeout: float, retries: int) -> dict:
@@ -532,34 +540,106 @@ class PredictOptions:
 
 
 def run(options: PredictOptions) -> dict:
-    """Classifies the images and writes one JSON line each; returns a summary."""
+    """Classifies the images and writes one JSON line each; returns a summary.
+
+    A line is `{"file", "label", "probability"}`, or `{"file", "error"}` for an image the
+    server refused (REST 400 / gRPC INVALID_ARGUMENT: not an image, corrupt, too large, ...):
+    a refused request is sent again one image at a time, so one bad file costs only its own
+    line. Lines go to standard output as each request is answered; an `--output` file is
+    written aside and renamed once complete. The summary's "refused" counts the error lines.
+
+    Raises:
+      UserError: a missing image file, an unreachable server, or any other error answer.
+    """
     common = dict(
         model=options.model,
         version=options.model_version,
         signature_name=options.signature_name,
-        batch_size=options.batch_size,
         timeout=options.timeout,
         retries=options.retries,
     )
     if options.grpc:
-        predictions = predict_grpc(
-            options.images, target=options.server or DEFAULT_GRPC_TARGET, **common
-        )
+        target = options.server or DEFAULT_GRPC_TARGET
+
+        def call(paths):
+            return predict_grpc(paths, target=target, batch_size=len(paths), **common)
+
     else:
-        predictions = predict(options.images, url=options.server or DEFAULT_URL, **common)
-    lines = "".join(orjson.dumps(p.to_json()).decode("utf-8") + "\n" for p in predictions)
-    if options.output == "-":
-        sys.stdout.write(lines)  # the command's output, not a log line
-        sys.stdout.flush()
-    else:
+        url = options.server or DEFAULT_URL
+
+        def call(paths):
+            return predict(paths, url=url, batch_size=len(paths), **common)
+
+    if options.batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    paths = [_require_file(image) for image in options.images]  # all, before any request
+    if not paths:
+        raise errors.UserError("no images given")
+    to_stdout = options.output == "-"
+    lines: list[str] = []
+    counts: dict[str, int] = {}
+    for start in range(0, len(paths), options.batch_size):
+        batch = [
+            orjson.dumps(item).decode("utf-8") + "\n"
+            for item in _answers(paths[start : start + options.batch_size], call)
+        ]
+        for line in batch:
+            item = orjson.loads(line)
+            key = "refused" if "error" in item else item["label"]
+            counts[key] = counts.get(key, 0) + 1
+        if to_stdout:
+            sys.stdout.write("".join(batch))  # the command's output, not a log line
+            sys.stdout.flush()
+        else:
+            lines += batch
+    if not to_stdout:
         partial = f"{options.output}.partial"
         with open(partial, "w", encoding="utf-8") as file:
-            file.write(lines)
+            file.write("".join(lines))
         os.replace(partial, options.output)
-    counts: dict[str, int] = {}
-    for prediction in predictions:
-        counts[prediction.label] = counts.get(prediction.label, 0) + 1
-    return {"images": len(predictions), "labels": counts, "output": options.output}
+    refused = counts.pop("refused", 0)
+    return {"images": len(paths), "labels": counts, "refused": refused, "output": options.output}
+
+
+def _answers(paths: list[str], call) -> list[dict]:
+    """One dict per path: its prediction, or {"file", "error"} where the server refused it."""
+    try:
+        return [prediction.to_json() for prediction in call(paths)]
+    except ServerError as error:
+        if not is_refusal(error):
+            raise
+        if len(paths) == 1:
+            return [{"file": paths[0], "error": refusal_reason(str(error))}]
+    return [answer for path in paths for answer in _answers([path], call)]
+
+
+def is_refusal(error: ServerError) -> bool:
+    """Whether the server refused the request's content (REST 400, gRPC INVALID_ARGUMENT)."""
+    return error.http_status == 400 or getattr(error.grpc_code, "name", "") == "INVALID_ARGUMENT"
+
+
+def refusal_reason(message: str) -> str:
+    """One line of a refusal: the failed assertion's text, or the error's first line.
+
+    "the server answered 400: assertion failed: [not_an_image: the content is not an
+    image]\n\t [[{{node ...}}]]" -> "not_an_image: the content is not an image" (the text TF's
+    tf.debugging.Assert prints between brackets); a decoder's own error keeps its first line,
+    e.g. "jpeg::Uncompress failed. Invalid JPEG data or crop window.".
+    """
+    text = message
+    for prefix in ("the server answered ",):
+        if text.startswith(prefix):
+            text = text.split(": ", 1)[-1]
+    marker = "assertion failed: ["
+    if marker in text:
+        inside = text[text.index(marker) + len(marker) :].splitlines()[0]
+        return inside.split("]", 1)[0].strip()
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith(("[[", "Graph execution error"))
+    ]
+    return lines[0] if lines else text.strip()
 
 
 class _Parser(simple_parsing.ArgumentParser):
@@ -580,8 +660,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "happysad predict") -> i
     options = parser.parse_args(list(sys.argv[1:] if argv is None else argv)).options
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        run(options)
+        summary = run(options)
     except (errors.UserError, ValueError) as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    if summary["refused"]:
+        print(
+            f"{prog}: error: the server refused {summary['refused']} of {summary['images']} "
+            "images (each has a line with its reason)",
+            file=sys.stderr,
+        )
         return 2
     return 0

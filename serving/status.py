@@ -110,7 +110,7 @@ def _without_trace(message: str) -> str:
 
     What remains is what TF Serving shows: the error and the `[[{{node ...}}]]` it came from.
     """
-    if "Detected at node" not in message:
+    if not message.startswith("Graph execution error"):
         return message
     kept = [
         line

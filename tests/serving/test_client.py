@@ -258,3 +258,51 @@ def test_happysad_predict_writes_a_file_and_reports_missing_images(
     assert json.loads(output.read_text())["label"] == "happy"
     assert cli.main(["predict", str(tmp_path / "missing.jpg"), *arguments]) == 2
     assert "missing.jpg: no such image file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", ["rest", "grpc"])
+def test_happysad_predict_gives_a_refused_image_its_own_line(
+    live_server, image_files, tmp_path, capsys, protocol
+):
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    images = [image_files[0], str(text), image_files[1]]
+    server = live_server.url if protocol == "rest" else live_server.grpc_address
+    extra = ["--grpc"] if protocol == "grpc" else []
+    code = cli.main(["predict", *images, "--server", server, "--model", "happysad", *extra])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = [json.loads(line) for line in captured.out.splitlines()]
+    assert [line["file"] for line in lines] == images
+    assert [line.get("label") for line in lines] == ["happy", None, "sad"]
+    assert set(lines[1]) == {"file", "error"}
+    assert lines[1]["error"] and "\n" not in lines[1]["error"] and "[[" not in lines[1]["error"]
+    error = captured.err.strip().splitlines()[-1]
+    assert (
+        error
+        == "happysad predict: error: the server refused 1 of 3 images (each has a line with its reason)"
+    )
+
+
+@pytest.mark.parametrize(
+    "message, reason",
+    [
+        (
+            "the server answered 400: assertion failed: [not_an_image: the content is not an "
+            "image]\n\t [[{{node map/while/Assert/Assert}}]]",
+            "not_an_image: the content is not an image",
+        ),
+        (
+            "the server answered INVALID_ARGUMENT: jpeg::Uncompress failed. Invalid JPEG data or "
+            "crop window.\n\t [[{{node DecodeJpeg}}]]",
+            "jpeg::Uncompress failed. Invalid JPEG data or crop window.",
+        ),
+    ],
+)
+def test_refusal_reason_is_one_line(message, reason):
+    assert client.refusal_reason(message) == reason
+
+
+def test_happysad_predict_names_a_folder(tmp_path, capsys):
+    assert cli.main(["predict", str(tmp_path), "--server", "http://127.0.0.1:9"]) == 2
+    assert "a folder, not an image file" in capsys.readouterr().err

@@ -44,6 +44,18 @@ def test_python_errors_from_a_signature_call_are_the_callers_mistake():
     assert status.from_exception(RuntimeError("bug")).code == status.Code.INTERNAL
 
 
+def test_graph_execution_preamble_is_dropped_without_a_stack_trace_too():
+    message = (
+        "Graph execution error:\n\nassertion failed: [not_an_image: the content is not an image]"
+        "\n\t [[{{node map/while/Assert/Assert}}]]"
+    )
+    error = status.from_exception(tf.errors.InvalidArgumentError(None, None, message))
+    assert error.message == (
+        "assertion failed: [not_an_image: the content is not an image]"
+        "\n\t [[{{node map/while/Assert/Assert}}]]"
+    )
+
+
 def test_graph_execution_preamble_is_dropped():
     message = (
         "Graph execution error:\n\nDetected at node decode defined at (most recent call last):\n"
