@@ -122,7 +122,9 @@ def preprocess(folder: str, output: str, workers: int, count: int) -> common.Mea
 def build(folder: str, data_dir: str, workers: int) -> common.Measured:
     """The figures of `happysad build --input folder` into a fresh data directory."""
     shutil.rmtree(data_dir, ignore_errors=True)
-    arguments = ["build", "--input", folder, "--data-dir", data_dir, *_workers(workers)]
+    arguments = ["build", "--input", folder, "--data-dir", data_dir]
+    if workers > 1:
+        arguments += _workers(workers)
     return common.happysad(arguments, data_dir.rstrip("/") + ".log")
 
 
@@ -139,7 +141,8 @@ def run(workdir: str, quick: bool) -> list[common.Row]:
             measured = preprocess(folders[files], output, workers, files)
             runs.setdefault(("preprocess", files, workers), []).append(measured)
     for files in (small, count):
-        # One worker, the local runner's default: with several worker processes Beam 2.77's
+        # The local runner's default (one worker, in process): with several worker processes
+        # Beam 2.77's
         # local runner loses examples in TFDS's writer, and the build refuses to publish them
         # (README, "Lost examples").
         data_dir = os.path.join(workdir, f"tfds_{files}")
