@@ -88,7 +88,8 @@ class HashContent(beam.DoFn):
 def find_copies(sha256: str, members) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     """The verdicts for one content hash: ((path, sha256), (status, duplicate_of)) per copy.
 
-    Unique images get no entry. Under two or more labels every copy is a label conflict;
+    Unique images get no entry. Under two or more labels every copy is a label conflict,
+    whose second value is the first copy filed under another label (shortest path first);
     under one label the shortest path (then the first in order: "img.jpg" before
     "img(1).jpg") is the original and the others are duplicates.
     """
@@ -96,9 +97,16 @@ def find_copies(sha256: str, members) -> list[tuple[tuple[str, str], tuple[str, 
     if len(members) < 2:
         return []
     if len({label for _, label in members}) > 1:
-        return [((path, sha256), (validate.LABEL_CONFLICT, "")) for path, _ in members]
+        return [
+            ((path, sha256), (validate.LABEL_CONFLICT, _other_label_copy(members, label)))
+            for path, label in members
+        ]
     original = members[0][0]
     return [((path, sha256), (validate.DUPLICATE, original)) for path, _ in members[1:]]
+
+
+def _other_label_copy(members: list[tuple[str, str]], label: str) -> str:
+    return next(path for path, other in members if other != label)
 
 
 def manifest_row(
@@ -188,7 +196,11 @@ class ValidateImages(beam.DoFn):
             return
         split = splits.assign_split(sha256, self._data.split_fractions)
         if verdict == validate.LABEL_CONFLICT:
-            info = info._replace(status=validate.REJECTED, reason=validate.LABEL_CONFLICT)
+            info = info._replace(
+                status=validate.REJECTED,
+                reason=validate.LABEL_CONFLICT,
+                detail=f"the same bytes are also {duplicate_of}",
+            )
             yield self._reject(source, info, sha256, size)
             return
         if verdict == validate.DUPLICATE:

@@ -118,8 +118,8 @@ def test_copies_under_one_label_are_duplicates_and_under_two_conflicts():
     assert job.find_copies("s", [("h/a.jpg", "happy")]) == []
     conflict = job.find_copies("s", [("h/a.jpg", "happy"), ("s/a.jpg", "sad")])
     assert sorted(conflict) == [
-        (("h/a.jpg", "s"), (validate.LABEL_CONFLICT, "")),
-        (("s/a.jpg", "s"), (validate.LABEL_CONFLICT, "")),
+        (("h/a.jpg", "s"), (validate.LABEL_CONFLICT, "s/a.jpg")),
+        (("s/a.jpg", "s"), (validate.LABEL_CONFLICT, "h/a.jpg")),
     ]
 
 
@@ -223,6 +223,21 @@ def test_every_file_gets_exactly_one_row_with_its_verdict(awkward):
     assert sorted(paths) == sorted(expected) and len(paths) == len(set(paths))
     verdicts = {_relative(root, row): (row["status"], row["reason"]) for row in rows}
     assert verdicts == expected
+
+
+def test_a_label_conflict_names_a_copy_under_the_other_label(awkward):
+    root, _, outputs = awkward
+    details = {
+        _relative(root, row): row["detail"]
+        for row in job.read_manifest(outputs[0])
+        if row["reason"] == "label_conflict"
+    }
+    happy_copy = os.path.join(root, "happy", "both.png")
+    assert details == {
+        "happy/both.png": f"the same bytes are also {os.path.join(root, 'sad', 'both.png')}",
+        "sad/both.png": f"the same bytes are also {happy_copy}",
+        "sad/both (copy).png": f"the same bytes are also {happy_copy}",
+    }
 
 
 def test_rows_describe_the_original_file(awkward):
