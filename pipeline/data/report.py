@@ -274,6 +274,41 @@ def find_few_faces(statistics: dict, data: config_lib.DataConfig) -> list[str]:
     ]
 
 
+SPLIT_MINIMUM = 20  # accepted images under which a split's metrics are mostly noise
+
+
+def find_small_splits(statistics: dict, data: config_lib.DataConfig) -> list[str]:
+    """One warning per evaluation split (validation, test) under SPLIT_MINIMUM accepted images.
+
+    The validation split chooses the recipe, stops training and sets the threshold; the test
+    split gives the reported accuracy: a handful of images decides either by chance. A split
+    with none makes `happysad build` and `happysad run` stop with a message.
+    """
+    per_split = collections.Counter()
+    for (split, _), count in statistics["accepted"].items():
+        per_split[split] += count
+    total = sum(per_split.values())
+    if total == 0:  # nothing accepted: the build's own message says so
+        return []
+    warnings = []
+    for split, fraction in zip(splits.SPLITS, data.split_fractions, strict=True):
+        count = per_split[split]
+        if split == "train" or fraction <= 0 or count >= SPLIT_MINIMUM:
+            continue
+        consequence = (
+            "`happysad build` and `happysad run` stop, since every split needs images"
+            if count == 0
+            else "its metrics (the recipe choice, early stopping and the threshold on "
+            "validation; the reported accuracy on test) are decided by a handful of images"
+        )
+        warnings.append(
+            f"small {split} split: {count} of {total} accepted images (fraction {fraction:g}, "
+            f"assigned by content hash); {consequence}. Add photos (a few hundred per label "
+            "give metrics worth reading)."
+        )
+    return warnings
+
+
 def find_imbalance(statistics: dict) -> list[str]:
     """A warning when one label has IMBALANCE_RATIO times the other's accepted images."""
     per_label = collections.Counter()
@@ -387,7 +422,10 @@ def write_report(
     del written
     summary = summarize(statistics)
     summary["warnings"] = (
-        find_imbalance(statistics) + find_few_faces(statistics, data) + find_shortcuts(statistics)
+        find_imbalance(statistics)
+        + find_small_splits(statistics, data)
+        + find_few_faces(statistics, data)
+        + find_shortcuts(statistics)
     )
     summary["transform"] = config_lib.to_dict(data.transform)
     for name, figure in {

@@ -168,7 +168,7 @@ def test_write_report(tmp_path):
     with open(os.path.join(output, "summary.json"), encoding="utf-8") as handle:
         assert json.load(handle) == summary
     assert summary["transform"] == config.to_dict(data.transform)
-    (warning,) = summary["warnings"]
+    (warning,) = [text for text in summary["warnings"] if not text.startswith("small ")]
     with open(os.path.join(output, "report.md"), encoding="utf-8") as handle:
         text = handle.read()
     assert warning in text and "grayscale predicts" in warning
@@ -184,3 +184,23 @@ def test_write_report_on_degenerate_inputs(tmp_path, rows):
     summary = report.write_report(statistics(rows), str(tmp_path), config.DataConfig(), [])
     assert summary["input_files"] == len(rows) and summary["warnings"] == []
     assert sorted(os.listdir(tmp_path)) == ["plots", "report.md", "summary.json"]
+
+
+def test_a_split_with_few_or_no_images_is_reported():
+    # row() puts a quarter of the accepted images in validation, a quarter in test.
+    rows = [row(index, ("happy", "sad")[index % 2]) for index in range(40)]
+    data = config.DataConfig()
+    warnings = report.find_small_splits(statistics(rows), data)
+    assert [warning.split(":")[0] for warning in warnings] == [
+        "small validation split",
+        "small test split",
+    ]
+    assert warnings[0].startswith("small validation split: 10 of 40 accepted images (fraction 0.1")
+    assert "handful of images" in warnings[0]
+    no_test = [one for one in rows if one["split"] != "test"]
+    (_, empty) = report.find_small_splits(statistics(no_test), data)
+    assert empty.startswith("small test split: 0 of 30") and "every split needs images" in empty
+    unused_test = config.DataConfig(split_fractions=(0.8, 0.2, 0.0))
+    assert len(report.find_small_splits(statistics(no_test), unused_test)) == 1
+    many = [row(index, ("happy", "sad")[index % 2]) for index in range(100)]
+    assert report.find_small_splits(statistics(many), data) == []
