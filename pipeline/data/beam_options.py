@@ -5,7 +5,8 @@ it downloads from GitHub on every run; offline it falls back after the failed do
 once where DNS fails, after a network timeout where packets are dropped), online it runs on
 Prism, which ignores `--direct_num_workers` and `--direct_running_mode`. Without a `--runner`,
 happysad runs what DirectRunner falls back to, built the same way: the portable FnApiRunner,
-given the pipeline options for its workers, which honours both flags.
+given the pipeline options for its workers, which honours both flags, with a data-loss defect
+of its worker processes worked around (pipeline.data.local_runner).
 
 `--runner=DaskRunner` (or `dask`, any case, as Beam matches its own runner names) is
 `pipeline.data.dask_runner.DaskRunner`, Beam's DaskRunner with its defects worked around; Beam's
@@ -30,8 +31,8 @@ def from_args(beam_args) -> pipeline_options.PipelineOptions:
 def runner_for(options: pipeline_options.PipelineOptions):
     """The runner for `beam.Pipeline(runner=...)`: None where Beam resolves the --runner itself.
 
-    No --runner: the local FnApiRunner (see the module docstring); a name `named_runner` knows:
-    that runner; any other: None.
+    No --runner: the local FnApiRunner (local_runner.LocalRunner, see the module docstring);
+    a name `named_runner` knows: that runner; any other: None.
 
     Raises:
       UserError: for --runner=DaskRunner where Dask is not installed.
@@ -43,9 +44,11 @@ def runner_for(options: pipeline_options.PipelineOptions):
     from apache_beam.runners.portability import portable_runner
     from apache_beam.runners.portability.fn_api_runner import fn_runner
 
+    from pipeline.data import local_runner
+
     encoded = portable_runner.JobServiceHandle.encode_pipeline_options(options.get_all_options())
     provision = beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded)
-    return fn_runner.FnApiRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
+    return local_runner.LocalRunner(provision_info=fn_runner.ExtendedProvisionInfo(provision))
 
 
 def named_runner(name: str):
