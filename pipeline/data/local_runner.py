@@ -25,6 +25,7 @@ import threading
 from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers
 
 _LIMIT_LOCK = threading.Lock()
+_runs = {"active": 0, "previous": None}  # LocalRunner runs in progress in this process
 
 
 class LocalRunner(fn_runner.FnApiRunner):
@@ -38,10 +39,16 @@ class LocalRunner(fn_runner.FnApiRunner):
 
 @contextlib.contextmanager
 def _size_based_data_streams():
+    """The limit at 0 while any LocalRunner run is in progress (runs may overlap or nest)."""
     with _LIMIT_LOCK:
-        previous = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
-        worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
-        try:
-            yield
-        finally:
-            worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = previous
+        if _runs["active"] == 0:
+            _runs["previous"] = worker_handlers.DATA_BUFFER_TIME_LIMIT_MS
+            worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = 0
+        _runs["active"] += 1
+    try:
+        yield
+    finally:
+        with _LIMIT_LOCK:
+            _runs["active"] -= 1
+            if _runs["active"] == 0:
+                worker_handlers.DATA_BUFFER_TIME_LIMIT_MS = _runs["previous"]
