@@ -215,7 +215,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         checked = accepted | "CheckCounts" >> _check_counts(root, active)
         by_split = (
             accepted
-            | "EncodeExamples" >> beam.Map(_to_example, root)
+            | "EncodeExamples" >> beam.Map(_to_example, root, self.info.features["image"])
             | "PartitionBySplit"
             >> beam.Partition(lambda keyed, _: active.index(keyed[0]), len(active))
         )
@@ -343,13 +343,18 @@ def _require_every_example(output_dir: str, written: dict[str, int]) -> None:
         )
 
 
-def _to_example(image, root: str):
-    """(split, (key, feature dict)): the key is the content hash, stable and never a path."""
+def _to_example(image, root: str, image_feature):
+    """(split, (key, feature dict)): the key is the content hash, stable and never a path.
+
+    The image goes as the PNG that TFDS's Image feature makes of it (`image_feature`'s own
+    encode_example, which its writer would call): a fifth of the pixels' size while the
+    runner holds the examples for TFDS's writer to count and shard them.
+    """
     filename = image.path
     if root and filename.startswith(root.rstrip("/") + "/"):
         filename = filename[len(root.rstrip("/")) + 1 :]
     example = {
-        "image": image.image,
+        "image": image_feature.encode_example(image.image),
         "label": image.label,
         "image/filename": filename,
         "image/sha256": image.sha256,
