@@ -122,9 +122,7 @@ def preprocess(folder: str, output: str, workers: int, count: int) -> common.Mea
 def build(folder: str, data_dir: str, workers: int) -> common.Measured:
     """The figures of `happysad build --input folder` into a fresh data directory."""
     shutil.rmtree(data_dir, ignore_errors=True)
-    arguments = ["build", "--input", folder, "--data-dir", data_dir]
-    if workers > 1:
-        arguments += _workers(workers)
+    arguments = ["build", "--input", folder, "--data-dir", data_dir, *_workers(workers)]
     return common.happysad(arguments, data_dir.rstrip("/") + ".log")
 
 

@@ -579,14 +579,11 @@ def run(options: PredictOptions) -> dict:
     lines: list[str] = []
     counts: dict[str, int] = {}
     for start in range(0, len(paths), options.batch_size):
-        batch = [
-            orjson.dumps(item).decode("utf-8") + "\n"
-            for item in _answers(paths[start : start + options.batch_size], call)
-        ]
-        for line in batch:
-            item = orjson.loads(line)
-            key = "refused" if "error" in item else item["label"]
+        answers = _answers(paths[start : start + options.batch_size], call)
+        for answer in answers:
+            key = "refused" if "error" in answer else answer["label"]
             counts[key] = counts.get(key, 0) + 1
+        batch = [orjson.dumps(answer).decode("utf-8") + "\n" for answer in answers]
         if to_stdout:
             sys.stdout.write("".join(batch))  # the command's output, not a log line
             sys.stdout.flush()
@@ -627,9 +624,8 @@ def refusal_reason(message: str) -> str:
     e.g. "jpeg::Uncompress failed. Invalid JPEG data or crop window.".
     """
     text = message
-    for prefix in ("the server answered ",):
-        if text.startswith(prefix):
-            text = text.split(": ", 1)[-1]
+    if text.startswith("the server answered "):  # ServerError's own words before the server's
+        text = text.split(": ", 1)[-1]
     marker = "assertion failed: ["
     if marker in text:
         inside = text[text.index(marker) + len(marker) :].splitlines()[0]
@@ -637,7 +633,7 @@ def refusal_reason(message: str) -> str:
     lines = [
         line.strip()
         for line in text.splitlines()
-        if line.strip() and not line.strip().startswith(("[[", "Graph execution error"))
+        if line.strip() and not line.strip().startswith("[[")
     ]
     return lines[0] if lines else text.strip()
 
